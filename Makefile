@@ -1,0 +1,64 @@
+# The two commands a new user needs: `make up` (run the stack) and `make test` (run the tests).
+# Both create .venv when missing and install what they need; a rerun with nothing changed
+# only checks a stamp file.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+# torch first and pinned: a range resolved later would pull a multi-GB CUDA build
+# (docs/decisions.md). The CPU wheel is what this machine's index serves for 2.13.0.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help install weights up test lint format bench schemas clean
+
+help:
+	@echo "make up      set up and run the stack (magsrl up)"
+	@echo "make test    set up and run lint + the test suite"
+	@echo "make bench   run the benchmarks (results: docs/benchmarks.md)"
+	@echo "make lint | format | schemas | clean"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[all,dev]'
+	@if $(PY) -c "import torchvision" 2>/dev/null; then \
+	  echo "torchvision is installed in $(VENV) and breaks transformers on CPU; remove it"; exit 1; fi
+	touch $@
+
+install: $(STAMP)
+
+# Converted weights live in the user cache (MAGSRL_WEIGHTS_DIR), outside the venv, so this
+# always runs; `magsrl weights` is idempotent and returns in about a second when nothing is missing.
+weights: $(STAMP)
+	$(BIN)/magsrl weights
+
+up: weights
+	$(BIN)/magsrl up
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+schemas: $(STAMP)
+	$(PY) -m magsrl.proto.generate
+
+test: weights lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: weights
+	$(PY) bench/magnifier.py
+
+clean:
+	rm -rf $(VENV) .magsrl .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,159 @@
+"""Runs services as local child processes: free ports, logs to files, readiness polling, and
+a clean stop of the whole process group. ``magsrl up`` and the tests both use it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+READY_POLL_S = 0.2
+STOP_GRACE_S = 10.0
+LOG_TAIL_LINES = 30
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class ServiceFailed(RuntimeError):
+    def __init__(self, name: str, message: str, log_tail: str) -> None:
+        super().__init__(f"{name} {message}\n--- last lines of its log ---\n{log_tail}")
+        self.name = name
+        self.log_tail = log_tail
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    port: int
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class Supervisor:
+    def __init__(self, log_dir: Path, base_env: Mapping[str, str] | None = None) -> None:
+        self.log_dir = log_dir
+        self.base_env = dict(os.environ if base_env is None else base_env)
+        self.services: list[Service] = []
+
+    def add_magsrl_service(
+        self,
+        name: str,
+        port: int,
+        env: Mapping[str, str] | None = None,
+        extra_args: list[str] | None = None,
+    ) -> Service:
+        argv = [
+            sys.executable,
+            "-m",
+            "magsrl.cli",
+            "serve",
+            name,
+            "--port",
+            str(port),
+            *(extra_args or []),
+        ]
+        service = Service(name, argv, port, self.log_dir / f"{name}.log", dict(env or {}))
+        self.services.append(service)
+        return service
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for service in self.services:
+            log = service.log_path.open("wb")
+            # Own session per child: Ctrl-C in the terminal reaches only us, and we stop
+            # each child's whole group, so nothing is orphaned.
+            service.proc = subprocess.Popen(
+                service.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**self.base_env, **service.env},
+                start_new_session=True,
+            )
+            log.close()
+
+    def check_alive(self) -> None:
+        for service in self.services:
+            if service.proc is not None and service.proc.poll() is not None:
+                raise ServiceFailed(
+                    service.name,
+                    f"exited with code {service.proc.returncode}",
+                    tail(service.log_path),
+                )
+
+    def wait_ready(self, timeout_s: float, headers: Mapping[str, str] | None = None) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = {s.name: s for s in self.services}
+        last_reason: dict[str, str] = {}
+        with httpx.Client(timeout=2.0, headers=dict(headers or {})) as client:
+            while pending:
+                self.check_alive()
+                for name, service in list(pending.items()):
+                    try:
+                        resp = client.get(f"{service.url}/ready")
+                    except httpx.HTTPError as exc:
+                        last_reason[name] = f"not listening yet ({exc.__class__.__name__})"
+                        continue
+                    if resp.status_code == 200:
+                        del pending[name]
+                    else:
+                        last_reason[name] = resp.text[:300]
+                if pending and time.monotonic() > deadline:
+                    name = next(iter(pending))
+                    raise ServiceFailed(
+                        name,
+                        f"not ready after {timeout_s:.0f}s: {last_reason.get(name, '')}",
+                        tail(pending[name].log_path),
+                    )
+                if pending:
+                    time.sleep(READY_POLL_S)
+
+    def stop(self) -> None:
+        procs = [s.proc for s in self.services if s.proc is not None and s.proc.poll() is None]
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -1,0 +1,101 @@
+"""``magsrl up``: the whole stack as local processes, with no Docker.
+
+It prepares what is missing (SR weights), starts each service on its default port or a
+free one, waits for every ``/ready``, prints the URLs, and stops everything on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from magsrl.cli.supervisor import ServiceFailed, Supervisor, free_port, port_is_free
+
+# The services `up` runs today, with their default ports; later services join this list.
+STACK: list[tuple[str, int]] = [("magnifier", 8001)]
+READY_TIMEOUT_S = 300.0
+WATCH_INTERVAL_S = 0.5
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "up", help="run the whole stack locally (no Docker)", description=__doc__
+    )
+    parser.add_argument(
+        "--state-dir", type=Path, default=Path(".magsrl"), help="logs and data (default: ./.magsrl)"
+    )
+    parser.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT_S)
+    parser.set_defaults(func=run)
+
+
+def pick_port(default: int) -> int:
+    return default if port_is_free(default) else free_port()
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    _prepare_weights(console)
+    supervisor = Supervisor(args.state_dir / "logs")
+    ports = {name: pick_port(port) for name, port in STACK}
+    urls = {
+        f"MAGSRL_{name.upper()}_URL": f"http://127.0.0.1:{port}" for name, port in ports.items()
+    }
+    for name, port in ports.items():
+        supervisor.add_magsrl_service(name, port, env=urls)
+
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    console.print(f"starting {', '.join(ports)}; logs in {supervisor.log_dir}/")
+    supervisor.start()
+    try:
+        supervisor.wait_ready(args.ready_timeout)
+        table = Table(title="magsrl is up")
+        table.add_column("service")
+        table.add_column("url")
+        table.add_column("log")
+        for service in supervisor.services:
+            table.add_row(service.name, service.url, str(service.log_path))
+        console.print(table)
+        mag = ports["magnifier"]
+        console.print(
+            f"try: curl -s --data-binary @photo.jpg -H 'Content-Type: image/jpeg' "
+            f"http://127.0.0.1:{mag}/v1/images"
+        )
+        console.print("Ctrl-C stops everything.")
+        while not stopping:
+            supervisor.check_alive()
+            time.sleep(WATCH_INTERVAL_S)
+        return 0
+    except ServiceFailed as exc:
+        console.print(f"[red]{exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        console.print("stopping...")
+        supervisor.stop()
+
+
+def _prepare_weights(console: Any) -> None:
+    from magsrl.magnifier.config import MagnifierSettings
+    from magsrl.magnifier.sr.weights import prepare_weights
+
+    settings = MagnifierSettings()
+    missing = [
+        n for n in settings.preload if not (settings.weights_dir / f"{n}.safetensors").exists()
+    ]
+    if missing:
+        console.print(f"preparing SR weights for {', '.join(missing)} in {settings.weights_dir}")
+        prepare_weights(settings.weights_dir, names=missing)

@@ -1,0 +1,1 @@
+"""The skeleton every service shares: settings, errors, middleware, metrics, images, serving."""

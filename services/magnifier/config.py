@@ -1,0 +1,93 @@
+"""Magnifier settings: one validated place, environment prefix ``MAGSRL_``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, field_validator, model_validator
+
+from magsrl.common.settings import CommaList, ServiceSettings, default_cache_dir, split_comma_list
+from magsrl.proto.magnifier import MAX_OUTPUT_PIXELS, MIN_OUTPUT_PIXELS
+
+DEFAULT_PORT = 8001
+
+
+class MagnifierSettings(ServiceSettings):
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+
+    weights_dir: Path = Field(
+        default_factory=lambda: default_cache_dir() / "weights",
+        description="Where `magsrl weights` puts converted weights.",
+    )
+    default_backend: str = Field("span-x4", description="The backend `method: sr` uses.")
+    preload: CommaList = Field(
+        default_factory=lambda: ["span-x4"],
+        description="Backends loaded at start-up; /ready waits for them. Others load lazily.",
+    )
+    smfanet_checkpoint: Path | None = Field(
+        None,
+        description="A SMFANet x4 checkpoint (basicsr .pth or safetensors); enables "
+        "the smfanet-x4 backend.",
+    )
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto picks cuda if present."
+    )
+    fp16: bool = Field(True, description="Half precision on cuda (ignored on CPU).")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU.")
+
+    max_pixels: int = Field(
+        1024 * 1024,
+        ge=MIN_OUTPUT_PIXELS,
+        le=MAX_OUTPUT_PIXELS,
+        description="Default output pixel budget per crop.",
+    )
+    max_scale: float = Field(
+        4.0, ge=1.0, le=8.0, description="Largest upscale factor applied to a crop."
+    )
+    min_box_side: int = Field(
+        28,
+        ge=1,
+        description="Box sides under this many original pixels are expanded around their centre.",
+    )
+    max_image_pixels: int = Field(64_000_000, ge=1, description="Largest decoded image accepted.")
+    cache_bytes: int = Field(
+        512 * 1024 * 1024, ge=0, description="Byte cap of the decoded-image LRU cache."
+    )
+
+    batch_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="How long a forward waits to gather a batch."
+    )
+    max_batch: int = Field(16, ge=1, le=256, description="Most crops in one forward pass.")
+    tile_size: int = Field(
+        256, ge=32, description="Input tile side for large crops; keeps activation memory bounded."
+    )
+    tile_overlap: int = Field(16, ge=0, description="Input pixels of context each tile side.")
+    bucket: int = Field(
+        32,
+        ge=1,
+        description="Small crops are padded up to a multiple of this "
+        "so similar sizes batch together.",
+    )
+
+    url_allowlist: CommaList = Field(
+        default_factory=list,
+        description="Hosts image URLs may come from ('*.example.com' "
+        "for subdomains). Empty refuses all URLs.",
+    )
+    url_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("preload", "url_allowlist", mode="before")
+    @classmethod
+    def _lists(cls, value: object) -> object:
+        return split_comma_list(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.tile_overlap * 2 >= self.tile_size:
+            raise ValueError(
+                f"tile_overlap ({self.tile_overlap}) must be under half of "
+                f"tile_size ({self.tile_size}); lower the overlap or raise the size"
+            )
+        return self
