@@ -86,7 +86,7 @@ def magnifier_client(magnifier: RunningService) -> Iterator[httpx.Client]:
 
 
 # ---- real photos (scikit-image ships them in its wheel) ----------------------------------
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field")
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry")
 
 
 def photo(name: str) -> np.ndarray:

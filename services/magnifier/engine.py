@@ -125,7 +125,9 @@ class SREngine:
         timer = self.forward_seconds.labels(name)
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
-            with timer.time(), torch.inference_mode():
+            # no_grad, not inference_mode: the outputs are stitched and scaled in place
+            # afterwards, which inference tensors forbid outside the mode.
+            with timer.time(), torch.no_grad():
                 x = batch.to(self.device, self.dtype, non_blocking=True)
                 if self.device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
