@@ -12,7 +12,7 @@ import torch
 from magsrl.magnifier.batcher import MicroBatcher
 
 
-def make(fn, max_batch: int = 8, wait_s: float = 0.01) -> tuple[MicroBatcher, list[int]]:  # noqa: ANN001
+def make(fn, max_batch: int = 8, wait_s: float = 0.01) -> tuple[MicroBatcher, list[int]]:
     sizes: list[int] = []
 
     def run(batch: torch.Tensor) -> torch.Tensor:

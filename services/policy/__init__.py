@@ -1,1 +1,1 @@
-"""The policy service: the MLLM behind OpenAI tool calls for zoom, and /answer. Not built yet (issue 3)."""
+"""The policy service: the MLLM behind OpenAI tool calls for zoom, and /answer."""
