@@ -9,6 +9,7 @@ from typing import Any
 # service -> (module with create_app, settings class path). Imported lazily.
 SERVICES: dict[str, tuple[str, str]] = {
     "magnifier": ("magsrl.magnifier.app", "magsrl.magnifier.config:MagnifierSettings"),
+    "policy": ("magsrl.policy.app", "magsrl.policy.config:PolicySettings"),
 }
 
 

@@ -48,6 +48,18 @@ class ServiceSettings(BaseSettings):
     trainer_url: str = Field("http://127.0.0.1:8003", description="Where the trainer is.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="The rollout queue and caches.")
 
+    url_allowlist: CommaList = Field(
+        default_factory=list,
+        description="Hosts image URLs may come from ('*.example.com' "
+        "for subdomains). Empty refuses all URLs.",
+    )
+    url_timeout_s: float = Field(10.0, gt=0, description="Timeout fetching an image URL.")
+
+    @field_validator("url_allowlist", mode="before")
+    @classmethod
+    def _allowlist(cls, value: object) -> object:
+        return split_comma_list(value)
+
     @field_validator("policy_url", "magnifier_url", "judge_url", "trainer_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:

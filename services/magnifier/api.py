@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.datastructures import UploadFile
 
 from magsrl.common.errors import BadRequest
 from magsrl.magnifier.service import Magnifier
+from magsrl.magnifier.sr.weights import BACKENDS
 from magsrl.proto.images import ImageInfo
 from magsrl.proto.magnifier import ZoomRequest, ZoomResponse
 
@@ -68,6 +69,16 @@ async def upload_image(request: Request, magnifier: MagnifierDep) -> ImageInfo:
     return await magnifier.put_image(await read_upload(request))
 
 
+@router.get(
+    "/images/{image_id}",
+    summary="A stored image, as PNG",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+async def get_image(image_id: str, magnifier: MagnifierDep) -> Response:
+    return Response(await magnifier.get_image_png(image_id), media_type="image/png")
+
+
 @router.post("/zoom", response_model=ZoomResponse, summary="Crop and upscale regions")
 async def zoom(body: ZoomRequest, magnifier: MagnifierDep) -> ZoomResponse:
     return await magnifier.zoom(body)
@@ -77,8 +88,6 @@ async def zoom(body: ZoomRequest, magnifier: MagnifierDep) -> ZoomResponse:
 async def methods(magnifier: MagnifierDep) -> dict[str, Any]:
     engine = magnifier.engine
     backends = []
-    from magsrl.magnifier.sr.weights import BACKENDS
-
     for name, spec in BACKENDS.items():
         reason = engine.unavailable_reason(name)
         backends.append(

@@ -67,6 +67,12 @@ class Magnifier:
         )
         return np.asarray(image)
 
+    async def get_image_png(self, image_id: str) -> bytes:
+        array = self.store.get(image_id)
+        if array is None:
+            raise NotFound(f"unknown image id {image_id}", param="image_id")
+        return await asyncio.to_thread(encode_image, Image.fromarray(array), "png")
+
     async def resolve(self, ref: ImageRef) -> tuple[str, np.ndarray]:
         if ref.id is not None:
             array = self.store.get(ref.id)

@@ -1,0 +1,167 @@
+"""HTTP routes of the policy: thin adapters over the chat, answer and adapter logic."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from magsrl.common.errors import BadRequest, UnprocessableEntity, validation_message
+from magsrl.policy.engines.base import Engine
+from magsrl.policy.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    LoadAdapterRequest,
+    ModelCard,
+    ModelList,
+)
+from magsrl.policy.serving_answer import AnswerService
+from magsrl.policy.serving_chat import ChatService
+from magsrl.proto.policy import AnswerRequest, AnswerResponse
+
+router = APIRouter()
+
+
+def get_engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def get_chat(request: Request) -> ChatService:
+    return request.app.state.chat
+
+
+def get_answer(request: Request) -> AnswerService:
+    return request.app.state.answer
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+ChatDep = Annotated[ChatService, Depends(get_chat)]
+AnswerDep = Annotated[AnswerService, Depends(get_answer)]
+
+_ANSWER_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/AnswerRequest"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image", "question"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "question": {"type": "string"},
+                        "options": {"type": "string", "description": "JSON list of options"},
+                        "zoom": {"type": "string", "enum": ["auto", "off", "force"]},
+                        "upscale": {"type": "string", "enum": ["sr", "bicubic", "crop"]},
+                        "max_rounds": {"type": "integer"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+async def _answer_request(request: Request) -> AnswerRequest:
+    content_type = request.headers.get("content-type", "")
+    try:
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form()
+            upload = form.get("image")
+            if not isinstance(upload, UploadFile):
+                raise BadRequest(
+                    "multipart /answer needs a file field named 'image'", param="image"
+                )
+            fields: dict[str, Any] = {
+                k: v for k, v in form.items() if k != "image" and isinstance(v, str)
+            }
+            if "options" in fields:
+                try:
+                    fields["options"] = json.loads(fields["options"])
+                except ValueError as exc:
+                    raise BadRequest(
+                        'options must be a JSON list of strings, e.g. ["red", "blue"]',
+                        param="options",
+                    ) from exc
+            fields["image"] = {"b64": base64.b64encode(await upload.read()).decode()}
+            return AnswerRequest.model_validate(fields)
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise BadRequest(
+                "the body is not valid JSON; send JSON or multipart/form-data", param="body"
+            ) from exc
+        return AnswerRequest.model_validate(body)
+    except ValidationError as exc:
+        message, param = validation_message(list(exc.errors()))
+        raise UnprocessableEntity(message, param=param) from exc
+
+
+@router.post(
+    "/answer",
+    response_model=AnswerResponse,
+    openapi_extra=_ANSWER_DOC,
+    tags=["zoom"],
+    summary="Answer a question about an image with the zoom loop",
+)
+async def answer(request: Request, service: AnswerDep) -> AnswerResponse:
+    return await service.answer(await _answer_request(request))
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, tags=["openai"])
+async def chat_completions(body: ChatCompletionRequest, chat: ChatDep) -> Any:
+    if body.stream:
+        # Validate before the 200 starts streaming, so bad input still gets its 4xx.
+        chat.to_engine_request(body)
+        return StreamingResponse(chat.stream(body), media_type="text/event-stream")
+    return await chat.create(body)
+
+
+@router.get("/v1/models", response_model=ModelList, tags=["openai"])
+async def models(engine: EngineDep) -> ModelList:
+    names = engine.model_names()
+    cards = [ModelCard(id=names[0], root=names[0])]
+    cards += [ModelCard(id=name, root=names[0], parent=names[0]) for name in names[1:]]
+    return ModelList(data=cards)
+
+
+@router.post("/v1/adapters", tags=["adapters"], summary="Load a LoRA adapter while serving")
+async def load_adapter(body: LoadAdapterRequest, engine: EngineDep) -> dict[str, str]:
+    await engine.load_adapter(body.name, body.path)
+    return {"status": "loaded", "name": body.name}
+
+
+@router.delete("/v1/adapters/{name}", tags=["adapters"], summary="Unload a LoRA adapter")
+async def unload_adapter(name: str, engine: EngineDep) -> dict[str, str]:
+    await engine.unload_adapter(name)
+    return {"status": "unloaded", "name": name}
+
+
+# vLLM's runtime-LoRA endpoints, so a policy can stand in for vLLM as an upstream.
+@router.post("/v1/load_lora_adapter", tags=["adapters"], include_in_schema=True)
+async def load_lora_adapter(request: Request, engine: EngineDep) -> Response:
+    body = await _json(request)
+    await engine.load_adapter(str(body.get("lora_name", "")), str(body.get("lora_path", "")))
+    return Response(f"Success: LoRA adapter '{body.get('lora_name')}' added successfully.")
+
+
+@router.post("/v1/unload_lora_adapter", tags=["adapters"])
+async def unload_lora_adapter(request: Request, engine: EngineDep) -> Response:
+    body = await _json(request)
+    await engine.unload_adapter(str(body.get("lora_name", "")))
+    return Response(f"Success: LoRA adapter '{body.get('lora_name')}' removed successfully.")
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise BadRequest("the body is not valid JSON") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body

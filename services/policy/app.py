@@ -1,0 +1,73 @@
+"""The policy app factory: loads the engine in the background, and wires the magnifier client,
+the zoom loop, the chat API and ``/answer``.
+
+Run: ``magsrl serve policy --port 8000`` (``MAGSRL_POLICY_MODEL=tiny`` for the offline model)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import FastAPI, Request
+
+from magsrl.common.app import create_service_app
+from magsrl.magnifier.client import MagnifierClient
+from magsrl.policy.api import router
+from magsrl.policy.config import PolicySettings
+from magsrl.policy.engines.base import Engine
+from magsrl.policy.serving_answer import AnswerService
+from magsrl.policy.serving_chat import ChatService
+from magsrl.policy.zoom_loop import ZoomLoop
+
+
+def build_engine(settings: PolicySettings) -> Engine:
+    if settings.engine == "openai":
+        from magsrl.policy.engines.openai_upstream import OpenAIEngine
+
+        return OpenAIEngine(settings)
+    from magsrl.policy.engines.hf import HFEngine
+
+    return HFEngine(settings)
+
+
+def create_app(settings: PolicySettings | None = None) -> FastAPI:
+    settings = settings or PolicySettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = build_engine(settings)
+        api_key = settings.api_key.get_secret_value() if settings.api_key else None
+        async with httpx.AsyncClient(timeout=settings.url_timeout_s) as http:
+            magnifier = MagnifierClient(
+                settings.magnifier_url, api_key=api_key, timeout_s=settings.magnifier_timeout_s
+            )
+            app.state.engine = engine
+            app.state.magnifier = magnifier
+            app.state.chat = ChatService(engine, settings)
+            app.state.answer = AnswerService(
+                engine, ZoomLoop(engine, magnifier), magnifier, http, settings
+            )
+            starting = asyncio.create_task(engine.start())
+            try:
+                yield
+            finally:
+                starting.cancel()
+                await engine.close()
+                await magnifier.close()
+
+    async def ready(request: Request) -> str | None:
+        engine: Engine | None = getattr(request.app.state, "engine", None)
+        return "starting" if engine is None else await engine.ready()
+
+    return create_service_app(
+        name="policy",
+        settings=settings,
+        routers=[router],
+        lifespan=lifespan,
+        ready_check=ready,
+        description="Serves a Qwen-VL-class model with OpenAI tool calls for zoom, and runs "
+        "the two-round zoom loop behind /answer.",
+    )

@@ -1,0 +1,81 @@
+"""Policy settings: one validated place, environment prefix ``MAGSRL_``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+
+from magsrl.common.settings import ServiceSettings
+
+DEFAULT_PORT = 8000
+
+
+class PolicySettings(ServiceSettings):
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+
+    policy_model: str = Field(
+        "tiny", description="A Hugging Face id, a local path, or `tiny` (the offline tiny model)."
+    )
+    served_model_name: str | None = Field(
+        None, description="The name clients use for the base model (default: policy_model)."
+    )
+    engine: Literal["hf", "openai"] = Field(
+        "hf",
+        description="hf: transformers in-process; openai: an upstream OpenAI-compatible "
+        "server such as the vLLM container.",
+    )
+    upstream_url: str = Field(
+        "http://127.0.0.1:8100/v1", description="The openai engine's upstream base URL."
+    )
+    upstream_api_key: SecretStr | None = Field(None, description="Bearer key for the upstream.")
+    upstream_timeout_s: float = Field(600.0, gt=0)
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on cuda, float32 on CPU."
+    )
+    torch_threads: int | None = Field(None, ge=1)
+    min_image_pixels: int | None = Field(None, ge=1, description="Processor lower pixel bound.")
+    max_image_pixels_model: int | None = Field(
+        None,
+        ge=1,
+        description="Processor pixel budget per image (the model's view); "
+        "the model's own default when unset.",
+    )
+    max_context: int | None = Field(
+        None, ge=64, description="Context limit in tokens (default: the model config's)."
+    )
+    default_max_tokens: int = Field(512, ge=1, description="When a request gives none.")
+    max_images: int = Field(8, ge=1, le=64, description="Most images in one chat request.")
+    max_image_pixels: int = Field(64_000_000, ge=1, description="Largest decoded input image.")
+    max_adapters: int = Field(8, ge=1, description="LoRA adapters held at once.")
+    batch_wait_ms: float = Field(5.0, ge=0, description="hf engine: wait to batch requests.")
+    max_batch: int = Field(16, ge=1, description="hf engine: most sequences per generate.")
+
+    # the zoom loop
+    crop_in: Literal["tool", "user"] = Field(
+        "tool",
+        description="Where crops go back to the model: in the tool message, or in a "
+        "following user message for templates that cannot render images "
+        "in tool messages.",
+    )
+    zoom_protocol: Literal["tags", "tools"] = Field(
+        "tags",
+        description="tags: Mags-RL <think>/<zoom>/<rethink>/<answer>; tools: Hermes "
+        "tool calls to the zoom function. Both are always parsed.",
+    )
+    magnifier_down: Literal["error", "continue"] = Field(
+        "error", description="When the magnifier is unreachable: 503, or answer without zoom."
+    )
+    crop_max_pixels: int = Field(
+        512 * 512, ge=64 * 64, description="Pixel budget of each crop sent to the model."
+    )
+    crop_format: Literal["png", "jpeg", "webp"] = Field(
+        "jpeg",
+        description="Crop encoding from the magnifier (jpeg q95 is ~15x faster to "
+        "encode than png; see docs/benchmarks.md).",
+    )
+    crop_quality: int = Field(95, ge=1, le=100)
+    max_zooms_per_round: int = Field(4, ge=1, le=16)
+    magnifier_timeout_s: float = Field(60.0, gt=0)

@@ -1,0 +1,130 @@
+"""The engine interface the policy's chat API and zoom loop are written against.
+
+Messages are chat-template dicts whose image parts carry PIL images
+(``{"type": "image", "image": <PIL.Image>}``); each engine turns them into what it needs
+(processor inputs, or data URLs for an upstream server).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from PIL import Image
+
+from magsrl.common.errors import APIError
+from magsrl.policy.families import ModelFamily
+
+FinishReason = Literal["stop", "length"]
+
+
+class UnknownModel(APIError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int | None = None  # None: up to the engine default, within the context
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+@dataclass
+class GenerationRequest:
+    messages: list[dict[str, Any]]
+    sampling: SamplingParams
+    tools: list[dict[str, Any]] | None = None
+    model: str | None = None  # an adapter name; None or the base name: the base model
+
+    def images(self) -> list[Image.Image]:
+        out = []
+        for message in self.messages:
+            content = message.get("content")
+            if isinstance(content, list):
+                out.extend(p["image"] for p in content if p.get("type") == "image")
+        return out
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    logprobs: list[float] | None = None  # of each sampled token
+    tokens: list[str] | None = None  # the sampled tokens as text, for OpenAI logprobs
+    top_logprobs: list[list[tuple[str, float]]] | None = None
+
+
+@dataclass
+class GenerationResult:
+    completions: list[Completion]
+    prompt_token_ids: list[int] | None
+    prompt_tokens: int
+    engine_ms: float
+    model: str
+
+
+@dataclass
+class StreamDelta:
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+
+
+class Engine(abc.ABC):
+    """What the policy needs from a model server."""
+
+    base_model: str
+    family: ModelFamily  # set once the model is known
+
+    @abc.abstractmethod
+    async def generate(self, request: GenerationRequest) -> GenerationResult: ...
+
+    @abc.abstractmethod
+    def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta | GenerationResult]:
+        """Yields text deltas as tokens are sampled, then the full result last."""
+
+    @abc.abstractmethod
+    def model_names(self) -> list[str]:
+        """The base model first, then loaded adapters."""
+
+    @abc.abstractmethod
+    async def load_adapter(self, name: str, path: str) -> None: ...
+
+    @abc.abstractmethod
+    async def unload_adapter(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def frame_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size the model's processor resizes an image to (Qwen2.5-VL's box frame)."""
+
+    async def start(self) -> None:
+        """Load the model or connect to the upstream; /ready reports progress."""
+        return None
+
+    async def ready(self) -> str | None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def check_model(self, name: str | None) -> str | None:
+        """The adapter to use for ``name`` (None for the base), or a 404."""
+        if name is None or name == self.base_model:
+            return None
+        if name in self.model_names():
+            return name
+        raise UnknownModel(
+            f"the model '{name}' does not exist; loaded: {', '.join(self.model_names())}",
+            param="model",
+        )

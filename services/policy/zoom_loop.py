@@ -1,0 +1,396 @@
+"""The Mags-RL zoom loop behind ``/answer`` (and, later, the rollout workers): think and pick
+regions, magnify them, rethink, answer.
+
+Round 1 shows the image with the protocol's system prompt. Zoom requests, in tag or Hermes
+tool-call form, become pixel crops of the original; the original goes to the magnifier once
+and every zoom is a request by id. The crops come back inside a tool message (or a user
+message, for templates that cannot render images in tool messages), and the model goes on
+until it answers or ``max_rounds`` is spent. A malformed or empty zoom is told to the model
+as a tool error and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from PIL import Image
+
+from magsrl.common.coords import BoxError, Convention
+from magsrl.common.errors import BadRequest, ServiceUnavailable
+from magsrl.magnifier.client import MagnifierClient, MagnifierError, MagnifierUnavailable
+from magsrl.policy.boxes import ImageSlot, from_original, original_slot, to_original_crop
+from magsrl.policy.engines.base import Engine, GenerationRequest, GenerationResult, SamplingParams
+from magsrl.policy.parsing import ZoomCall, extract_answer, normalize_choice, parse_turn
+from magsrl.proto.policy import CropRef, Round, Usage, Zoom
+from magsrl.proto.prompts import coordinate_hint, format_options, region_caption, render_prompt
+from magsrl.proto.tools import zoom_tool
+
+MIN_BOX_SIDE = 28  # the design's minimum crop side, in original pixels
+
+
+@dataclass
+class LoopOptions:
+    zoom: Literal["auto", "off", "force"] = "auto"
+    upscale: str = "sr"
+    max_rounds: int = 2
+    protocol: Literal["tags", "tools"] = "tags"
+    crop_in: Literal["tool", "user"] = "tool"
+    magnifier_down: Literal["error", "continue"] = "error"
+    crop_max_pixels: int = 512 * 512
+    crop_format: str = "jpeg"
+    crop_quality: int = 95
+    max_zooms_per_round: int = 4
+    model: str | None = None
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.0))
+    return_crops: Literal["ref", "b64"] = "ref"
+    question_suffix: str | None = None  # e.g. the curriculum's stage-1 suffix
+
+
+@dataclass
+class LoopOutcome:
+    answer: str
+    raw_answer: str
+    rounds: list[Round]
+    results: list[GenerationResult]  # per round, with token ids, for training
+    messages: list[dict[str, Any]]  # the whole conversation as the engine saw it
+    usage: Usage
+    engine_ms: float
+    magnifier_ms: float
+    zoom_skipped: str | None = None
+    zoom_errors: int = 0
+
+
+@dataclass
+class _State:
+    slots: list[ImageSlot]
+    image_id: str | None = None
+    engine_ms: float = 0.0
+    magnifier_ms: float = 0.0
+    zoom_errors: int = 0
+    zoom_skipped: str | None = None
+    crop_images: dict[int, Image.Image] = field(default_factory=dict)  # by id(Zoom)
+
+
+class ZoomLoop:
+    def __init__(
+        self, engine: Engine, magnifier: MagnifierClient, min_box_side: int = MIN_BOX_SIDE
+    ) -> None:
+        self.engine = engine
+        self.magnifier = magnifier
+        self.min_box_side = min_box_side
+
+    @property
+    def convention(self) -> Convention:
+        # Known once the engine has loaded the model (its family decides the convention).
+        return self.engine.family.convention
+
+    # ---- prompts --------------------------------------------------------------------
+    def _hint(self, image: Image.Image) -> str:
+        frame = (
+            self.engine.frame_size(image.width, image.height)
+            if self.convention is Convention.QWEN2_5_VL
+            else (image.width, image.height)
+        )
+        return coordinate_hint(self.convention, *frame)
+
+    def initial_messages(
+        self, image: Image.Image, question: str, options: list[str] | None, opts: LoopOptions
+    ) -> list[dict[str, Any]]:
+        if opts.zoom == "off":
+            system = render_prompt("system_direct")
+        elif opts.protocol == "tools":
+            system = render_prompt("system_tools", coordinate_hint=self._hint(image))
+        else:
+            system = render_prompt("system_tags", coordinate_hint=self._hint(image))
+        text = format_options(question, options) if options else question
+        if opts.question_suffix:
+            text = f"{text}\n{opts.question_suffix}"
+        if opts.zoom == "force":
+            text = f"{text}\n{render_prompt('force_grounding')}"
+        return [
+            {"role": "system", "content": system},
+            {
+                "role": "user",
+                "content": [{"type": "image", "image": image}, {"type": "text", "text": text}],
+            },
+        ]
+
+    # ---- the loop -------------------------------------------------------------------
+    async def run(
+        self,
+        image: Image.Image,
+        image_bytes: bytes | None,
+        image_id: str | None,
+        question: str,
+        options: list[str] | None,
+        opts: LoopOptions,
+    ) -> LoopOutcome:
+        messages = self.initial_messages(image, question, options, opts)
+        state = _State(slots=[original_slot(image.width, image.height)], image_id=image_id)
+        tools = [zoom_tool()] if opts.protocol == "tools" and opts.zoom != "off" else None
+        rounds: list[Round] = []
+        results: list[GenerationResult] = []
+        usage = Usage()
+        max_rounds = 1 if opts.zoom == "off" else opts.max_rounds
+        for round_index in range(max_rounds):
+            result = await self.engine.generate(
+                GenerationRequest(
+                    messages=messages, sampling=opts.sampling, tools=tools, model=opts.model
+                )
+            )
+            state.engine_ms += result.engine_ms
+            results.append(result)
+            completion = result.completions[0]
+            usage.prompt_tokens += result.prompt_tokens
+            usage.completion_tokens += len(completion.token_ids)
+            text = completion.text
+            parsed = parse_turn(text)
+            last = round_index == max_rounds - 1
+            calls = [] if (opts.zoom == "off" or last) else parsed.zooms
+            if not calls or state.zoom_skipped:
+                rounds.append(Round(text=text))
+                break
+            calls = calls[: opts.max_zooms_per_round]
+            zooms = await self._zoom(calls, image, image_bytes, state, opts)
+            rounds.append(Round(text=text, zooms=zooms))
+            if state.zoom_skipped:
+                messages += self._continue_without_zoom(text, state.zoom_skipped)
+                continue
+            messages += self._feedback(
+                text,
+                parsed.content,
+                calls,
+                zooms,
+                state.crop_images,
+                (image.width, image.height),
+                round_index,
+                opts,
+            )
+        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+        raw = extract_answer(rounds[-1].text)
+        answer = raw
+        if options:
+            answer = normalize_choice(raw, options) or raw
+        return LoopOutcome(
+            answer=answer,
+            raw_answer=raw,
+            rounds=rounds,
+            results=results,
+            messages=messages,
+            usage=usage,
+            engine_ms=state.engine_ms,
+            magnifier_ms=state.magnifier_ms,
+            zoom_skipped=state.zoom_skipped,
+            zoom_errors=state.zoom_errors,
+        )
+
+    # ---- zooming --------------------------------------------------------------------
+    async def _zoom(
+        self,
+        calls: list[ZoomCall],
+        image: Image.Image,
+        image_bytes: bytes | None,
+        state: _State,
+        opts: LoopOptions,
+    ) -> list[Zoom]:
+        original = (image.width, image.height)
+        zooms: list[Zoom] = []
+        images = state.crop_images
+        boxes: list[tuple[int, int, int, int]] = []
+        for call in calls:
+            error = call.error
+            box = None
+            if error is None and call.box is not None:
+                try:
+                    box = to_original_crop(
+                        call.box,
+                        call.img_idx,
+                        state.slots,
+                        self.convention,
+                        self.engine.frame_size,
+                        original,
+                        self.min_box_side,
+                    )
+                except BoxError as exc:
+                    error = str(exc)
+            elif error is None:
+                error = "the zoom request has no box"
+            if error is not None:
+                state.zoom_errors += 1
+            else:
+                boxes.append(box)  # type: ignore[arg-type]
+            zooms.append(
+                Zoom(
+                    box=list(box) if box else None,
+                    img_idx=call.img_idx,
+                    label=call.label,
+                    error=error,
+                )
+            )
+        if not boxes:
+            return zooms
+        started = time.perf_counter()
+        try:
+            crops = await self._magnify(image, image_bytes, state, boxes, opts)
+        except MagnifierUnavailable as exc:
+            if opts.magnifier_down == "error":
+                raise ServiceUnavailable(f"the magnifier is unavailable: {exc}") from exc
+            state.zoom_skipped = f"the magnifier is unavailable, so no zoom was done: {exc}"
+            return zooms
+        finally:
+            state.magnifier_ms += (time.perf_counter() - started) * 1000
+        it = iter(crops)
+        for zoom in zooms:
+            if zoom.error is None:
+                crop, crop_image = next(it)
+                zoom.crop = crop
+                state.slots.append(ImageSlot(crop_image.width, crop_image.height, tuple(zoom.box)))  # type: ignore[arg-type]
+                images[id(zoom)] = crop_image
+        return zooms
+
+    async def _magnify(
+        self,
+        image: Image.Image,
+        image_bytes: bytes | None,
+        state: _State,
+        boxes: list[tuple[int, int, int, int]],
+        opts: LoopOptions,
+    ) -> list[tuple[CropRef, Image.Image]]:
+        if state.image_id is None:
+            data = image_bytes if image_bytes is not None else _png(image)
+            state.image_id = (await self.magnifier.upload(data)).image_id
+        try:
+            response = await self.magnifier.zoom(
+                state.image_id,
+                boxes,
+                coords="pixel",
+                method=opts.upscale,
+                max_pixels=opts.crop_max_pixels,
+                fmt=opts.crop_format,
+                quality=opts.crop_quality,
+            )
+        except MagnifierError as exc:
+            if exc.status != 404 or image_bytes is None:
+                raise BadRequest(f"the magnifier refused the zoom: {exc.message}") from exc
+            # Evicted from the magnifier's cache since the upload: send it once more.
+            state.image_id = (await self.magnifier.upload(image_bytes)).image_id
+            response = await self.magnifier.zoom(
+                state.image_id,
+                boxes,
+                coords="pixel",
+                method=opts.upscale,
+                max_pixels=opts.crop_max_pixels,
+                fmt=opts.crop_format,
+                quality=opts.crop_quality,
+            )
+        out = []
+        for crop in response.crops:
+            data = base64.b64decode(crop.b64)
+            crop_image = Image.open(io.BytesIO(data)).convert("RGB")
+            out.append(
+                (
+                    CropRef(
+                        box=crop.box,
+                        width=crop.width,
+                        height=crop.height,
+                        method=crop.method,
+                        model=crop.model,
+                        format=crop.format,
+                        b64=crop.b64 if opts.return_crops == "b64" else None,
+                    ),
+                    crop_image,
+                )
+            )
+        return out
+
+    # ---- feedback messages ----------------------------------------------------------
+    def _region_parts(
+        self, index: int, zoom: Zoom, image: Image.Image | None, original: tuple[int, int]
+    ) -> list[dict[str, Any]]:
+        if zoom.error is not None:
+            return [{"type": "text", "text": render_prompt("zoom_error", reason=zoom.error)}]
+        box = from_original(zoom.box or [], self.convention, original, self.engine.frame_size)
+        label = region_caption(index, box)
+        return [{"type": "text", "text": label}, {"type": "image", "image": image}]
+
+    def _feedback(
+        self,
+        text: str,
+        content: str,
+        calls: list[ZoomCall],
+        zooms: list[Zoom],
+        images: dict[int, Image.Image],
+        original: tuple[int, int],
+        round_index: int,
+        opts: LoopOptions,
+    ) -> list[dict[str, Any]]:
+        """The assistant turn as it was, then the crops (or errors) for the model to see."""
+        tail = {"type": "text", "text": render_prompt("zoom_feedback")}
+        regions = [
+            self._region_parts(k, zoom, images.get(id(zoom)), original)
+            for k, zoom in enumerate(zooms, 1)
+        ]
+        if opts.protocol == "tags":
+            parts = [p for region in regions for p in region]
+            if opts.crop_in == "tool":
+                return [
+                    {"role": "assistant", "content": text},
+                    {"role": "tool", "content": [*parts, tail]},
+                ]
+            return [
+                {"role": "assistant", "content": text},
+                {"role": "user", "content": [*parts, tail]},
+            ]
+        # Hermes tool calls: one tool message per call, answering it by id.
+        ids = [f"call_{round_index}_{k}" for k in range(len(calls))]
+        tool_calls = [
+            {
+                "id": i,
+                "type": "function",
+                "function": {"name": "zoom", "arguments": _arguments(call)},
+            }
+            for i, call in zip(ids, calls, strict=True)
+        ]
+        out: list[dict[str, Any]] = [
+            {"role": "assistant", "content": content, "tool_calls": tool_calls}
+        ]
+        images: list[dict[str, Any]] = []
+        for call_id, region in zip(ids, regions, strict=True):
+            if opts.crop_in == "user":
+                images.extend(region)
+                region = [p for p in region if p["type"] == "text"]
+            out.append({"role": "tool", "tool_call_id": call_id, "content": region})
+        if opts.crop_in == "user":
+            out.append({"role": "user", "content": [*images, tail]})
+        else:
+            out[-1]["content"] = [*out[-1]["content"], tail]
+        return out
+
+    def _continue_without_zoom(self, text: str, reason: str) -> list[dict[str, Any]]:
+        return [
+            {"role": "assistant", "content": text},
+            {"role": "user", "content": render_prompt("zoom_unavailable", reason=reason)},
+        ]
+
+
+def _arguments(call: ZoomCall) -> str:
+    if call.box is None:
+        return call.raw
+    return json.dumps(
+        {
+            "bbox_2d": list(call.box),
+            "img_idx": call.img_idx,
+            **({"label": call.label} if call.label else {}),
+        }
+    )
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
