@@ -108,3 +108,41 @@ def decode(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
+
+
+# ---- policy ------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    from magsrl.policy.tiny import ensure_tiny_model
+
+    return ensure_tiny_model("qwen2_5_vl")
+
+
+def start_policy(
+    tmp: Path, magnifier_url: str, model: str, extra: dict[str, str] | None = None
+) -> RunningService:
+    env = {
+        "MAGSRL_POLICY_MODEL": model,
+        "MAGSRL_MAGNIFIER_URL": magnifier_url,
+        "MAGSRL_TORCH_THREADS": "2",
+        **(extra or {}),
+    }
+    return start_service("policy", tmp, env)
+
+
+@pytest.fixture(scope="session")
+def policy(
+    tmp_path_factory: pytest.TempPathFactory, magnifier: RunningService, tiny_model_dir: Path
+) -> Iterator[RunningService]:
+    service = start_policy(
+        tmp_path_factory.mktemp("policy"),
+        magnifier.url,
+        str(tiny_model_dir),
+        {
+            "MAGSRL_MAX_CONTEXT": "2048",
+            "MAGSRL_MAX_IMAGES": "3",
+            "MAGSRL_URL_ALLOWLIST": "127.0.0.1",
+        },
+    )
+    yield service
+    service.supervisor.stop()

@@ -71,14 +71,7 @@ class MagnifierSettings(ServiceSettings):
         "so similar sizes batch together.",
     )
 
-    url_allowlist: CommaList = Field(
-        default_factory=list,
-        description="Hosts image URLs may come from ('*.example.com' "
-        "for subdomains). Empty refuses all URLs.",
-    )
-    url_timeout_s: float = Field(10.0, gt=0)
-
-    @field_validator("preload", "url_allowlist", mode="before")
+    @field_validator("preload", mode="before")
     @classmethod
     def _lists(cls, value: object) -> object:
         return split_comma_list(value)

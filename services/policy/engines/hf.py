@@ -190,9 +190,19 @@ class HFEngine(Engine):
         if name == self.base_model:
             raise BadRequest("the base model cannot be unloaded", param="name")
         await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.model.delete_adapter, name
+            self._executor, self._unload_adapter_sync, name
         )
         del self._adapters[name]
+
+    def _unload_adapter_sync(self, name: str) -> None:
+        remaining = [n for n in self._adapters if n != name]
+        if remaining:
+            # peft keeps pointing at a deleted adapter unless another is made active first.
+            self.model.set_adapter(remaining[0])
+            self.model.delete_adapter(name)
+        else:
+            # The last one: back to the plain base model, with no LoRA layers left in it.
+            self.model = self.model.unload()
 
     async def _ensure_loaded(self) -> None:
         reason = await self.ready()
