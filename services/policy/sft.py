@@ -100,7 +100,7 @@ def finetune(
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.detach().item())
     model.eval()
     if out_dir.exists():
         shutil.rmtree(out_dir)

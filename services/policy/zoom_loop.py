@@ -76,6 +76,29 @@ class _State:
     crop_images: dict[int, Image.Image] = field(default_factory=dict)  # by id(Zoom)
 
 
+@dataclass
+class Episode:
+    """One conversation in progress: what the model has seen and said so far."""
+
+    image: Image.Image
+    image_bytes: bytes | None
+    options: list[str] | None
+    opts: LoopOptions
+    messages: list[dict[str, Any]]
+    state: _State
+    tools: list[dict[str, Any]] | None
+    max_rounds: int
+    rounds: list[Round] = field(default_factory=list)
+    results: list[GenerationResult] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+
+    def record(self, result: GenerationResult) -> None:
+        self.results.append(result)
+        self.state.engine_ms += result.engine_ms
+        self.usage.prompt_tokens += result.prompt_tokens
+        self.usage.completion_tokens += len(result.completions[0].token_ids)
+
+
 class ZoomLoop:
     def __init__(
         self, engine: Engine, magnifier: MagnifierClient, min_box_side: int = MIN_BOX_SIDE
@@ -121,7 +144,7 @@ class ZoomLoop:
         ]
 
     # ---- the loop -------------------------------------------------------------------
-    async def run(
+    def start(
         self,
         image: Image.Image,
         image_bytes: bytes | None,
@@ -129,39 +152,38 @@ class ZoomLoop:
         question: str,
         options: list[str] | None,
         opts: LoopOptions,
-    ) -> LoopOutcome:
-        messages = self.initial_messages(image, question, options, opts)
-        state = _State(slots=[original_slot(image.width, image.height)], image_id=image_id)
-        tools = [zoom_tool()] if opts.protocol == "tools" and opts.zoom != "off" else None
-        rounds: list[Round] = []
-        results: list[GenerationResult] = []
-        usage = Usage()
-        max_rounds = 1 if opts.zoom == "off" else opts.max_rounds
-        for round_index in range(max_rounds):
-            result = await self.engine.generate(
-                GenerationRequest(
-                    messages=messages, sampling=opts.sampling, tools=tools, model=opts.model
-                )
-            )
-            state.engine_ms += result.engine_ms
-            results.append(result)
-            completion = result.completions[0]
-            usage.prompt_tokens += result.prompt_tokens
-            usage.completion_tokens += len(completion.token_ids)
-            text = completion.text
-            parsed = parse_turn(text)
-            last = round_index == max_rounds - 1
-            calls = [] if (opts.zoom == "off" or last) else parsed.zooms
-            if not calls or state.zoom_skipped:
-                rounds.append(Round(text=text))
-                break
-            calls = calls[: opts.max_zooms_per_round]
-            zooms = await self._zoom(calls, image, image_bytes, state, opts)
-            rounds.append(Round(text=text, zooms=zooms))
-            if state.zoom_skipped:
-                messages += self._continue_without_zoom(text, state.zoom_skipped)
-                continue
-            messages += self._feedback(
+    ) -> Episode:
+        """A new conversation about ``image``, ready for round 1."""
+        return Episode(
+            image=image,
+            image_bytes=image_bytes,
+            options=options,
+            opts=opts,
+            messages=self.initial_messages(image, question, options, opts),
+            state=_State(slots=[original_slot(image.width, image.height)], image_id=image_id),
+            tools=[zoom_tool()] if opts.protocol == "tools" and opts.zoom != "off" else None,
+            max_rounds=1 if opts.zoom == "off" else opts.max_rounds,
+        )
+
+    async def observe(self, episode: Episode, text: str) -> bool:
+        """Takes the model's turn: zooms what it asked for and appends the feedback. True
+        when the model should speak again."""
+        opts, state = episode.opts, episode.state
+        round_index = len(episode.rounds)
+        last = round_index >= episode.max_rounds - 1
+        parsed = parse_turn(text)
+        calls = [] if (opts.zoom == "off" or last or state.zoom_skipped) else parsed.zooms
+        if not calls:
+            episode.rounds.append(Round(text=text))
+            return False
+        calls = calls[: opts.max_zooms_per_round]
+        image = episode.image
+        zooms = await self._zoom(calls, image, episode.image_bytes, state, opts)
+        episode.rounds.append(Round(text=text, zooms=zooms))
+        if state.zoom_skipped:
+            episode.messages += self._continue_without_zoom(text, state.zoom_skipped)
+        else:
+            episode.messages += self._feedback(
                 text,
                 parsed.content,
                 calls,
@@ -171,17 +193,46 @@ class ZoomLoop:
                 round_index,
                 opts,
             )
+        return True
+
+    async def run(
+        self,
+        image: Image.Image,
+        image_bytes: bytes | None,
+        image_id: str | None,
+        question: str,
+        options: list[str] | None,
+        opts: LoopOptions,
+    ) -> LoopOutcome:
+        episode = self.start(image, image_bytes, image_id, question, options, opts)
+        while True:
+            result = await self.engine.generate(
+                GenerationRequest(
+                    messages=episode.messages,
+                    sampling=opts.sampling,
+                    tools=episode.tools,
+                    model=opts.model,
+                )
+            )
+            episode.record(result)
+            if not await self.observe(episode, result.completions[0].text):
+                break
+        return self.finish(episode)
+
+    def finish(self, episode: Episode) -> LoopOutcome:
+        usage = episode.usage
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-        raw = extract_answer(rounds[-1].text)
+        raw = extract_answer(episode.rounds[-1].text) if episode.rounds else ""
         answer = raw
-        if options:
-            answer = normalize_choice(raw, options) or raw
+        if episode.options:
+            answer = normalize_choice(raw, episode.options) or raw
+        state = episode.state
         return LoopOutcome(
             answer=answer,
             raw_answer=raw,
-            rounds=rounds,
-            results=results,
-            messages=messages,
+            rounds=episode.rounds,
+            results=episode.results,
+            messages=episode.messages,
             usage=usage,
             engine_ms=state.engine_ms,
             magnifier_ms=state.magnifier_ms,

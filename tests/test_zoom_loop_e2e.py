@@ -1,0 +1,245 @@
+"""The full zoom loop through the real engine: the tiny model is fine-tuned (seconds on CPU)
+until it emits a scripted trajectory, then served by a real policy process that calls the
+real magnifier. Pins that /answer returns the model's answer, the boxes mapped to original
+pixels, and real crops; and that the Hermes form reaches SDK clients as tool_calls."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from PIL import Image
+
+from magsrl.common.coords import Convention
+from magsrl.magnifier.client import MagnifierClient
+from magsrl.policy.boxes import original_slot, to_original_crop
+from magsrl.policy.config import PolicySettings
+from magsrl.policy.engines.hf import HFEngine
+from magsrl.policy.families import FAMILIES, resized_size
+from magsrl.policy.serving_answer import AnswerService
+from magsrl.policy.sft import SFTExample, finetune
+from magsrl.policy.zoom_loop import ZoomLoop
+from magsrl.proto.policy import AnswerRequest
+from magsrl.proto.tools import zoom_tool
+from tests.conftest import RunningService, photo, png_bytes, start_policy
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "What colour is the small sign?"
+BOX = [60, 40, 120, 100]  # in the tiny model's resized frame (Qwen2.5-VL convention)
+ROUND1 = {
+    "tags": f"<think>The sign is too small.<zoom>[{BOX}]</zoom></think>",
+    "tools": '<tool_call>\n{"name": "zoom", "arguments": {"bbox_2d": '
+    + str(BOX)
+    + ', "label": "sign"}}\n</tool_call>',
+}
+ROUND2 = "<rethink>The magnified view shows it.</rethink><answer>red</answer>"
+SFT_STEPS = 120
+
+
+def rocket_png() -> bytes:
+    return png_bytes(photo("rocket"))
+
+
+async def _conversation(model_dir: Path, magnifier_url: str, protocol: str) -> tuple[list, list]:
+    """Round-1 messages, and the messages the loop builds once round 1 is exactly ROUND1
+    (with the real crop from the real magnifier): the two prompts the model must learn."""
+    settings = PolicySettings(
+        policy_model=str(model_dir), magnifier_url=magnifier_url, zoom_protocol=protocol
+    )  # type: ignore[arg-type]
+    engine = HFEngine(settings)
+    await engine.start()
+    magnifier = MagnifierClient(magnifier_url)
+    async with httpx.AsyncClient() as http:
+        loop = ZoomLoop(engine, magnifier)
+        service = AnswerService(engine, loop, magnifier, http, settings)
+        opts = service.options_for(AnswerRequest(image={"b64": "AA=="}, question=QUESTION))
+        image = Image.open(io.BytesIO(rocket_png())).convert("RGB")
+        episode = loop.start(image, rocket_png(), None, QUESTION, None, opts)
+        first = list(episode.messages)
+        assert await loop.observe(episode, ROUND1[protocol])
+    await magnifier.close()
+    await engine.close()
+    return first, episode.messages
+
+
+def build_trajectory_model(base: Path, out: Path, magnifier_url: str, protocol: str) -> Path:
+    tools = [zoom_tool()] if protocol == "tools" else None
+    first, second = asyncio.run(_conversation(base, magnifier_url, protocol))
+    losses = finetune(
+        base,
+        out,
+        [SFTExample(first, ROUND1[protocol], tools), SFTExample(second, ROUND2, tools)],
+        steps=SFT_STEPS,
+    )
+    assert max(losses[-2:]) < 0.05, losses[-6:]
+    return out
+
+
+@pytest.fixture(scope="module", params=["tags", "tools"])
+def trajectory_policy(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    magnifier: RunningService,
+    tiny_model_dir: Path,
+) -> Iterator[tuple[str, RunningService]]:
+    protocol = request.param
+    tmp = tmp_path_factory.mktemp(f"trajectory-{protocol}")
+    model = build_trajectory_model(tiny_model_dir, tmp / "model", magnifier.url, protocol)
+    service = start_policy(tmp, magnifier.url, str(model), {"MAGSRL_ZOOM_PROTOCOL": protocol})
+    yield protocol, service
+    service.supervisor.stop()
+
+
+def expected_crop(model_dir: Path) -> tuple[int, int, int, int]:
+    from magsrl.policy.loading import load_processor
+
+    size = (640, 427)
+    low, high = load_processor(model_dir).pixel_bounds()
+    frame = resized_size(*size, FAMILIES["qwen2_5_vl"], min_pixels=low, max_pixels=high)
+    return to_original_crop(
+        BOX, 0, [original_slot(*size)], Convention.QWEN2_5_VL, lambda w, h: frame, size, 28
+    )
+
+
+def test_answer_runs_the_two_round_loop(
+    trajectory_policy: tuple[str, RunningService], tiny_model_dir: Path
+) -> None:
+    protocol, policy = trajectory_policy
+    resp = httpx.post(
+        f"{policy.url}/answer",
+        timeout=120,
+        files={"image": ("rocket.png", rocket_png(), "image/png")},
+        data={"question": QUESTION, "return_crops": "b64"},
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["answer"] == "red"
+    assert len(body["rounds"]) == 2
+    assert body["rounds"][0]["text"] == ROUND1[protocol]
+    assert body["rounds"][1]["text"] == ROUND2
+    (zoom,) = body["rounds"][0]["zooms"]
+    assert zoom["error"] is None
+    assert tuple(zoom["box"]) == expected_crop(tiny_model_dir)
+    crop = zoom["crop"]
+    assert crop["box"] == zoom["box"] and crop["method"] == "sr" and crop["model"]
+    image = Image.open(io.BytesIO(base64.b64decode(crop["b64"])))
+    assert image.size == (crop["width"], crop["height"])
+    x1, y1, x2, y2 = zoom["box"]
+    assert crop["width"] > (x2 - x1)  # magnified, not just cut out
+    # The crop shows the requested region of the original.
+    region = Image.fromarray(photo("rocket")[y1:y2, x1:x2]).resize(image.size)
+    diff = np.abs(np.asarray(image.convert("RGB"), float) - np.asarray(region, float)).mean()
+    assert diff < 12
+    timing = body["timing_ms"]
+    assert timing["model"] > 0 and timing["magnifier"] > 0 and timing["overhead"] >= 0
+    assert body["usage"]["completion_tokens"] > 0
+
+
+@pytest.mark.parametrize("upscale", ["bicubic", "crop"])
+def test_upscale_ablation_is_one_flag(
+    trajectory_policy: tuple[str, RunningService], upscale: str
+) -> None:
+    _, policy = trajectory_policy
+    resp = httpx.post(
+        f"{policy.url}/answer",
+        timeout=120,
+        json={
+            "image": {"b64": base64.b64encode(rocket_png()).decode()},
+            "question": QUESTION,
+            "upscale": upscale,
+        },
+    )
+    assert resp.status_code == 200, resp.text
+    crop = resp.json()["rounds"][0]["zooms"][0]["crop"]
+    assert crop["method"] == upscale
+    assert crop["b64"] is None  # by reference unless asked for
+
+
+def test_zoom_off_answers_in_one_round(trajectory_policy: tuple[str, RunningService]) -> None:
+    _, policy = trajectory_policy
+    resp = httpx.post(
+        f"{policy.url}/answer",
+        timeout=120,
+        json={
+            "image": {"b64": base64.b64encode(rocket_png()).decode()},
+            "question": QUESTION,
+            "zoom": "off",
+            "max_tokens": 16,
+        },
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert len(body["rounds"]) == 1 and body["rounds"][0]["zooms"] == []
+    assert body["timing_ms"]["magnifier"] == 0
+
+
+def test_image_by_magnifier_id(
+    trajectory_policy: tuple[str, RunningService], magnifier: RunningService
+) -> None:
+    _, policy = trajectory_policy
+    image_id = httpx.post(f"{magnifier.url}/v1/images", content=rocket_png()).json()["image_id"]
+    resp = httpx.post(
+        f"{policy.url}/answer", timeout=120, json={"image": {"id": image_id}, "question": QUESTION}
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["answer"] == "red"
+
+
+def test_hermes_tool_calls_reach_the_sdk(
+    trajectory_policy: tuple[str, RunningService], magnifier: RunningService
+) -> None:
+    protocol, policy = trajectory_policy
+    if protocol != "tools":
+        return  # the tags model is exercised through /answer above
+    sdk = openai.OpenAI(base_url=f"{policy.url}/v1", api_key="unused", max_retries=0)
+    model = sdk.models.list().data[0].id
+    first, _ = asyncio.run(_conversation(Path(model), magnifier.url, "tools"))
+    messages = [_wire(m) for m in first]
+    resp = sdk.chat.completions.create(
+        model=model, messages=messages, tools=[zoom_tool()], temperature=0, max_tokens=64
+    )
+    choice = resp.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "zoom"
+    import json
+
+    assert json.loads(call.function.arguments)["bbox_2d"] == BOX
+    stream = sdk.chat.completions.create(
+        model=model,
+        messages=messages,
+        tools=[zoom_tool()],
+        temperature=0,
+        max_tokens=64,
+        stream=True,
+    )
+    deltas = [c.choices[0].delta for c in stream if c.choices]
+    streamed = [tc for d in deltas for tc in (d.tool_calls or [])]
+    assert [tc.function.name for tc in streamed] == ["zoom"]
+    assert streamed[0].id == call.id
+
+
+def _wire(message: dict) -> dict:
+    content = message["content"]
+    if isinstance(content, list):
+        content = [
+            {
+                "type": "image_url",
+                "image_url": {
+                    "url": "data:image/png;base64,"
+                    + base64.b64encode(png_bytes(np.asarray(p["image"]))).decode()
+                },
+            }
+            if p["type"] == "image"
+            else p
+            for p in content
+        ]
+    return {**message, "content": content}
