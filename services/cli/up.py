@@ -15,7 +15,7 @@ from typing import Any
 from magsrl.cli.supervisor import ServiceFailed, Supervisor, free_port, port_is_free
 
 # The services `up` runs today, with their default ports; later services join this list.
-STACK: list[tuple[str, int]] = [("magnifier", 8001)]
+STACK: list[tuple[str, int]] = [("magnifier", 8001), ("policy", 8000)]
 READY_TIMEOUT_S = 300.0
 WATCH_INTERVAL_S = 0.5
 
@@ -26,6 +26,12 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--state-dir", type=Path, default=Path(".magsrl"), help="logs and data (default: ./.magsrl)"
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="policy model: a Hugging Face id, a local path, or tiny "
+        "(default: MAGSRL_POLICY_MODEL or tiny)",
     )
     parser.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT_S)
     parser.set_defaults(func=run)
@@ -46,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
     urls = {
         f"MAGSRL_{name.upper()}_URL": f"http://127.0.0.1:{port}" for name, port in ports.items()
     }
+    model_env = {"MAGSRL_POLICY_MODEL": args.model} if args.model else {}
     for name, port in ports.items():
-        supervisor.add_magsrl_service(name, port, env=urls)
+        supervisor.add_magsrl_service(name, port, env={**urls, **model_env})
 
     stopping = False
 
@@ -68,10 +75,9 @@ def run(args: argparse.Namespace) -> int:
         for service in supervisor.services:
             table.add_row(service.name, service.url, str(service.log_path))
         console.print(table)
-        mag = ports["magnifier"]
         console.print(
-            f"try: curl -s --data-binary @photo.jpg -H 'Content-Type: image/jpeg' "
-            f"http://127.0.0.1:{mag}/v1/images"
+            f'try: magsrl answer photo.jpg "What is written on the sign?" '
+            f"--url http://127.0.0.1:{ports['policy']}"
         )
         console.print("Ctrl-C stops everything.")
         while not stopping:
