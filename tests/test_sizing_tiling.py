@@ -71,3 +71,12 @@ def test_tiles_cover_every_pixel_exactly_once(h: int, w: int) -> None:
         owned[oy0:oy1, ox0:ox1] += 1
     assert (owned == 1).all()
     assert len(shapes) == 1  # one shape, so all tiles batch together
+
+
+def test_barely_under_budget_is_resized_not_super_resolved() -> None:
+    """A 2% enlargement is not worth a network pass (it cost 3 s in the policy benchmark)."""
+    plan = plan_crop(
+        500, 500, method="sr", networks=NETS, max_pixels=260_000, max_scale=4, min_sr_scale=1.25
+    )
+    assert (plan.method, plan.backend) == ("bicubic", None)
+    assert plan.out_size == (509, 509)

@@ -18,15 +18,9 @@ import pytest
 from PIL import Image
 
 from magsrl.common.coords import Convention
-from magsrl.magnifier.client import MagnifierClient
 from magsrl.policy.boxes import original_slot, to_original_crop
-from magsrl.policy.config import PolicySettings
-from magsrl.policy.engines.hf import HFEngine
 from magsrl.policy.families import FAMILIES, resized_size
-from magsrl.policy.serving_answer import AnswerService
-from magsrl.policy.sft import SFTExample, finetune
-from magsrl.policy.zoom_loop import ZoomLoop
-from magsrl.proto.policy import AnswerRequest
+from magsrl.policy.scripted import Script, build_scripted_model, conversation
 from magsrl.proto.tools import zoom_tool
 from tests.conftest import RunningService, photo, png_bytes, start_policy
 
@@ -41,46 +35,14 @@ ROUND1 = {
     + ', "label": "sign"}}\n</tool_call>',
 }
 ROUND2 = "<rethink>The magnified view shows it.</rethink><answer>red</answer>"
-SFT_STEPS = 120
 
 
 def rocket_png() -> bytes:
     return png_bytes(photo("rocket"))
 
 
-async def _conversation(model_dir: Path, magnifier_url: str, protocol: str) -> tuple[list, list]:
-    """Round-1 messages, and the messages the loop builds once round 1 is exactly ROUND1
-    (with the real crop from the real magnifier): the two prompts the model must learn."""
-    settings = PolicySettings(
-        policy_model=str(model_dir), magnifier_url=magnifier_url, zoom_protocol=protocol
-    )  # type: ignore[arg-type]
-    engine = HFEngine(settings)
-    await engine.start()
-    magnifier = MagnifierClient(magnifier_url)
-    async with httpx.AsyncClient() as http:
-        loop = ZoomLoop(engine, magnifier)
-        service = AnswerService(engine, loop, magnifier, http, settings)
-        opts = service.options_for(AnswerRequest(image={"b64": "AA=="}, question=QUESTION))
-        image = Image.open(io.BytesIO(rocket_png())).convert("RGB")
-        episode = loop.start(image, rocket_png(), None, QUESTION, None, opts)
-        first = list(episode.messages)
-        assert await loop.observe(episode, ROUND1[protocol])
-    await magnifier.close()
-    await engine.close()
-    return first, episode.messages
-
-
-def build_trajectory_model(base: Path, out: Path, magnifier_url: str, protocol: str) -> Path:
-    tools = [zoom_tool()] if protocol == "tools" else None
-    first, second = asyncio.run(_conversation(base, magnifier_url, protocol))
-    losses = finetune(
-        base,
-        out,
-        [SFTExample(first, ROUND1[protocol], tools), SFTExample(second, ROUND2, tools)],
-        steps=SFT_STEPS,
-    )
-    assert max(losses[-2:]) < 0.05, losses[-6:]
-    return out
+def script(protocol: str) -> Script:
+    return Script(rocket_png(), QUESTION, ROUND1[protocol], ROUND2, protocol)
 
 
 @pytest.fixture(scope="module", params=["tags", "tools"])
@@ -92,7 +54,8 @@ def trajectory_policy(
 ) -> Iterator[tuple[str, RunningService]]:
     protocol = request.param
     tmp = tmp_path_factory.mktemp(f"trajectory-{protocol}")
-    model = build_trajectory_model(tiny_model_dir, tmp / "model", magnifier.url, protocol)
+    model = tmp / "model"
+    build_scripted_model(tiny_model_dir, model, magnifier.url, script(protocol))
     service = start_policy(tmp, magnifier.url, str(model), {"MAGSRL_ZOOM_PROTOCOL": protocol})
     yield protocol, service
     service.supervisor.stop()
@@ -201,7 +164,7 @@ def test_hermes_tool_calls_reach_the_sdk(
         return  # the tags model is exercised through /answer above
     sdk = openai.OpenAI(base_url=f"{policy.url}/v1", api_key="unused", max_retries=0)
     model = sdk.models.list().data[0].id
-    first, _ = asyncio.run(_conversation(Path(model), magnifier.url, "tools"))
+    first, _ = asyncio.run(conversation(Path(model), magnifier.url, script("tools")))
     messages = [_wire(m) for m in first]
     resp = sdk.chat.completions.create(
         model=model, messages=messages, tools=[zoom_tool()], temperature=0, max_tokens=64

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import httpx
+from prometheus_client import CollectorRegistry, Counter
 
 from magsrl.proto.images import ImageInfo, ImageRef
 from magsrl.proto.magnifier import ZoomRequest, ZoomResponse
@@ -33,13 +34,26 @@ class MagnifierClient:
         api_key: str | None = None,
         timeout_s: float = 60.0,
         client: httpx.AsyncClient | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._own = client is None
         self.http = client or httpx.AsyncClient(timeout=timeout_s)
         self.base_url = base_url.rstrip("/")
         self.headers = headers
-        self.bytes_sent = 0  # request bytes, for the benchmark's "uploaded once" check
+        # Request bytes per endpoint: shows that an image is uploaded once per /answer.
+        self.requests = Counter(
+            "magsrl_magnifier_client_requests_total",
+            "Requests to the magnifier, by endpoint.",
+            ["endpoint"],
+            registry=registry,
+        )
+        self.bytes_sent = Counter(
+            "magsrl_magnifier_client_bytes_sent_total",
+            "Request body bytes sent to the magnifier, by endpoint.",
+            ["endpoint"],
+            registry=registry,
+        )
 
     async def close(self) -> None:
         if self._own:
@@ -56,7 +70,8 @@ class MagnifierClient:
             raise MagnifierUnavailable(
                 f"the magnifier at {self.base_url} is unreachable ({exc.__class__.__name__}: {exc})"
             ) from exc
-        self.bytes_sent += len(resp.request.content or b"")
+        self.requests.labels(path).inc()
+        self.bytes_sent.labels(path).inc(len(resp.request.content or b""))
         if resp.status_code >= 500:
             raise MagnifierUnavailable(
                 f"the magnifier at {self.base_url} answered {resp.status_code}: {_message(resp)}"

@@ -46,6 +46,13 @@ class MagnifierSettings(ServiceSettings):
     max_scale: float = Field(
         4.0, ge=1.0, le=8.0, description="Largest upscale factor applied to a crop."
     )
+    min_sr_scale: float = Field(
+        1.25,
+        ge=1.0,
+        le=8.0,
+        description="Below this enlargement a crop is resized with bicubic instead of SR: a "
+        "network pass for a few percent costs a forward and buys nothing.",
+    )
     min_box_side: int = Field(
         28,
         ge=1,

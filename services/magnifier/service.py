@@ -154,6 +154,7 @@ class Magnifier:
                 networks=networks,
                 max_pixels=budget,
                 max_scale=self.settings.max_scale,
+                min_sr_scale=self.settings.min_sr_scale,
             )
             for x1, y1, x2, y2 in boxes
         ]

@@ -2,7 +2,8 @@
 
 The output follows a pixel budget: the upscale factor is the one that fills ``max_pixels``,
 capped at ``max_scale``, and the output never exceeds the budget. A crop already at the
-budget is not super-resolved (it is downscaled to fit if larger). When a family has several
+budget is not super-resolved (it is downscaled to fit if larger), nor is one that needs
+less than ``min_sr_scale`` of enlargement (it is resized with bicubic). When a family has several
 network scales (span-x2, span-x4), the smallest one that reaches the target is used, and
 its output is resized down to the exact target.
 """
@@ -57,6 +58,7 @@ def plan_crop(
     networks: Mapping[str, int],
     max_pixels: int,
     max_scale: float,
+    min_sr_scale: float = 1.0,
 ) -> Plan:
     """``networks`` maps the usable SR networks for this request to their scales."""
     scale = target_scale(width, height, max_pixels, max_scale)
@@ -67,6 +69,7 @@ def plan_crop(
     if method == "crop":
         return Plan("crop", None, (width, height), 1.0)
     size = output_size(width, height, scale, max_pixels)
-    if method == "bicubic":
+    if method == "bicubic" or (method == "sr" and scale < min_sr_scale):
+        # A network pass for a few percent of enlargement costs a forward and buys nothing.
         return Plan("bicubic", None, size, size[0] / width)
     return Plan("sr", pick_network(scale, networks), size, size[0] / width)

@@ -42,7 +42,10 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
         api_key = settings.api_key.get_secret_value() if settings.api_key else None
         async with httpx.AsyncClient(timeout=settings.url_timeout_s) as http:
             magnifier = MagnifierClient(
-                settings.magnifier_url, api_key=api_key, timeout_s=settings.magnifier_timeout_s
+                settings.magnifier_url,
+                api_key=api_key,
+                timeout_s=settings.magnifier_timeout_s,
+                registry=app.state.registry,
             )
             app.state.engine = engine
             app.state.magnifier = magnifier

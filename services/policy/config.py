@@ -50,7 +50,12 @@ class PolicySettings(ServiceSettings):
     max_images: int = Field(8, ge=1, le=64, description="Most images in one chat request.")
     max_image_pixels: int = Field(64_000_000, ge=1, description="Largest decoded input image.")
     max_adapters: int = Field(8, ge=1, description="LoRA adapters held at once.")
-    batch_wait_ms: float = Field(5.0, ge=0, description="hf engine: wait to batch requests.")
+    batch_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="hf engine: extra wait to gather a batch. 0 batches whatever "
+        "queued while the last generate ran, and adds no latency.",
+    )
     max_batch: int = Field(16, ge=1, description="hf engine: most sequences per generate.")
 
     # the zoom loop

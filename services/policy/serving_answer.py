@@ -8,7 +8,7 @@ import httpx
 
 from magsrl.common.errors import NotFound, ServiceUnavailable
 from magsrl.common.image_source import fetch_url
-from magsrl.common.images import decode_b64, decode_image
+from magsrl.common.images import decode_b64, decode_reduced
 from magsrl.magnifier.client import MagnifierClient, MagnifierUnavailable
 from magsrl.policy.config import PolicySettings
 from magsrl.policy.engines.base import Engine, SamplingParams
@@ -84,9 +84,21 @@ class AnswerService:
         started = time.perf_counter()
         self.engine.check_model(req.model)
         data, image_id = await self._image_bytes(req)
-        image = decode_image(data, max_pixels=self.settings.max_image_pixels, param="image")
+        # Decoded straight to the model's view: the magnifier crops from the bytes.
+        image, original = decode_reduced(
+            data,
+            max_pixels=self.settings.max_image_pixels,
+            target=self.engine.frame_size,
+            param="image",
+        )
         outcome = await self.loop.run(
-            image, data, image_id, req.question, req.options, self.options_for(req)
+            image,
+            data,
+            image_id,
+            req.question,
+            req.options,
+            self.options_for(req),
+            original_size=original,
         )
         total = (time.perf_counter() - started) * 1000
         return AnswerResponse(

@@ -82,6 +82,7 @@ class Episode:
 
     image: Image.Image
     image_bytes: bytes | None
+    original_size: tuple[int, int]
     options: list[str] | None
     opts: LoopOptions
     messages: list[dict[str, Any]]
@@ -113,23 +114,28 @@ class ZoomLoop:
         return self.engine.family.convention
 
     # ---- prompts --------------------------------------------------------------------
-    def _hint(self, image: Image.Image) -> str:
-        frame = (
-            self.engine.frame_size(image.width, image.height)
-            if self.convention is Convention.QWEN2_5_VL
-            else (image.width, image.height)
-        )
+    def _hint(self, size: tuple[int, int]) -> str:
+        frame = self.engine.frame_size(*size) if self.convention is Convention.QWEN2_5_VL else size
         return coordinate_hint(self.convention, *frame)
 
     def initial_messages(
-        self, image: Image.Image, question: str, options: list[str] | None, opts: LoopOptions
+        self,
+        image: Image.Image,
+        question: str,
+        options: list[str] | None,
+        opts: LoopOptions,
+        original_size: tuple[int, int] | None = None,
     ) -> list[dict[str, Any]]:
         if opts.zoom == "off":
             system = render_prompt("system_direct")
         elif opts.protocol == "tools":
-            system = render_prompt("system_tools", coordinate_hint=self._hint(image))
+            system = render_prompt(
+                "system_tools", coordinate_hint=self._hint(original_size or image.size)
+            )
         else:
-            system = render_prompt("system_tags", coordinate_hint=self._hint(image))
+            system = render_prompt(
+                "system_tags", coordinate_hint=self._hint(original_size or image.size)
+            )
         text = format_options(question, options) if options else question
         if opts.question_suffix:
             text = f"{text}\n{opts.question_suffix}"
@@ -152,15 +158,22 @@ class ZoomLoop:
         question: str,
         options: list[str] | None,
         opts: LoopOptions,
+        original_size: tuple[int, int] | None = None,
     ) -> Episode:
-        """A new conversation about ``image``, ready for round 1."""
+        """A new conversation about ``image``, ready for round 1. ``image`` may be a reduced
+        decode of ``image_bytes`` (the model's view); ``original_size`` is then the size
+        boxes refer to, and the magnifier crops from the bytes."""
+        size = original_size or image.size
+        if image.size != size and image_bytes is None:
+            raise ValueError("a reduced image needs its original bytes for the magnifier")
         return Episode(
+            original_size=size,
             image=image,
             image_bytes=image_bytes,
             options=options,
             opts=opts,
-            messages=self.initial_messages(image, question, options, opts),
-            state=_State(slots=[original_slot(image.width, image.height)], image_id=image_id),
+            messages=self.initial_messages(image, question, options, opts, size),
+            state=_State(slots=[original_slot(*size)], image_id=image_id),
             tools=[zoom_tool()] if opts.protocol == "tools" and opts.zoom != "off" else None,
             max_rounds=1 if opts.zoom == "off" else opts.max_rounds,
         )
@@ -189,7 +202,7 @@ class ZoomLoop:
                 calls,
                 zooms,
                 state.crop_images,
-                (image.width, image.height),
+                episode.original_size,
                 round_index,
                 opts,
             )
@@ -203,8 +216,9 @@ class ZoomLoop:
         question: str,
         options: list[str] | None,
         opts: LoopOptions,
+        original_size: tuple[int, int] | None = None,
     ) -> LoopOutcome:
-        episode = self.start(image, image_bytes, image_id, question, options, opts)
+        episode = self.start(image, image_bytes, image_id, question, options, opts, original_size)
         while True:
             result = await self.engine.generate(
                 GenerationRequest(
@@ -249,7 +263,7 @@ class ZoomLoop:
         state: _State,
         opts: LoopOptions,
     ) -> list[Zoom]:
-        original = (image.width, image.height)
+        original = state.slots[0].width, state.slots[0].height
         zooms: list[Zoom] = []
         images = state.crop_images
         boxes: list[tuple[int, int, int, int]] = []
