@@ -8,11 +8,11 @@ import random
 
 import pytest
 
+from magsrl.policy.choices import normalize_choice
 from magsrl.policy.parsing import (
     ParsedTurn,
     ZoomCall,
     extract_answer,
-    normalize_choice,
     parse_turn,
     parse_zoom_calls,
     strip_tags,

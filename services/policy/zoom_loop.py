@@ -24,8 +24,9 @@ from magsrl.common.coords import BoxError, Convention
 from magsrl.common.errors import BadRequest, ServiceUnavailable
 from magsrl.magnifier.client import MagnifierClient, MagnifierError, MagnifierUnavailable
 from magsrl.policy.boxes import ImageSlot, from_original, original_slot, to_original_crop
+from magsrl.policy.choices import normalize_choice
 from magsrl.policy.engines.base import Engine, GenerationRequest, GenerationResult, SamplingParams
-from magsrl.policy.parsing import ZoomCall, extract_answer, normalize_choice, parse_turn
+from magsrl.policy.parsing import ZoomCall, extract_answer, parse_turn
 from magsrl.proto.policy import CropRef, Round, Usage, Zoom
 from magsrl.proto.prompts import coordinate_hint, format_options, region_caption, render_prompt
 from magsrl.proto.tools import zoom_tool
