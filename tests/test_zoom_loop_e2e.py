@@ -17,6 +17,7 @@ import openai
 import pytest
 from PIL import Image
 
+from magsrl.cli.supervisor import free_port
 from magsrl.common.coords import Convention
 from magsrl.policy.boxes import original_slot, to_original_crop
 from magsrl.policy.families import FAMILIES, resized_size
@@ -37,6 +38,9 @@ ROUND1 = {
 ROUND2 = "<rethink>The magnified view shows it.</rethink><answer>red</answer>"
 
 
+Trajectory = tuple[str, RunningService, Path]  # protocol, policy process, model folder
+
+
 def rocket_png() -> bytes:
     return png_bytes(photo("rocket"))
 
@@ -51,13 +55,13 @@ def trajectory_policy(
     tmp_path_factory: pytest.TempPathFactory,
     magnifier: RunningService,
     tiny_model_dir: Path,
-) -> Iterator[tuple[str, RunningService]]:
+) -> Iterator[Trajectory]:
     protocol = request.param
     tmp = tmp_path_factory.mktemp(f"trajectory-{protocol}")
     model = tmp / "model"
     build_scripted_model(tiny_model_dir, model, magnifier.url, script(protocol))
     service = start_policy(tmp, magnifier.url, str(model), {"MAGSRL_ZOOM_PROTOCOL": protocol})
-    yield protocol, service
+    yield protocol, service, model
     service.supervisor.stop()
 
 
@@ -73,9 +77,9 @@ def expected_crop(model_dir: Path) -> tuple[int, int, int, int]:
 
 
 def test_answer_runs_the_two_round_loop(
-    trajectory_policy: tuple[str, RunningService], tiny_model_dir: Path
+    trajectory_policy: Trajectory, tiny_model_dir: Path
 ) -> None:
-    protocol, policy = trajectory_policy
+    protocol, policy, _ = trajectory_policy
     resp = httpx.post(
         f"{policy.url}/answer",
         timeout=120,
@@ -107,10 +111,8 @@ def test_answer_runs_the_two_round_loop(
 
 
 @pytest.mark.parametrize("upscale", ["bicubic", "crop"])
-def test_upscale_ablation_is_one_flag(
-    trajectory_policy: tuple[str, RunningService], upscale: str
-) -> None:
-    _, policy = trajectory_policy
+def test_upscale_ablation_is_one_flag(trajectory_policy: Trajectory, upscale: str) -> None:
+    _, policy, _ = trajectory_policy
     resp = httpx.post(
         f"{policy.url}/answer",
         timeout=120,
@@ -126,8 +128,8 @@ def test_upscale_ablation_is_one_flag(
     assert crop["b64"] is None  # by reference unless asked for
 
 
-def test_zoom_off_answers_in_one_round(trajectory_policy: tuple[str, RunningService]) -> None:
-    _, policy = trajectory_policy
+def test_zoom_off_answers_in_one_round(trajectory_policy: Trajectory) -> None:
+    _, policy, _ = trajectory_policy
     resp = httpx.post(
         f"{policy.url}/answer",
         timeout=120,
@@ -144,10 +146,8 @@ def test_zoom_off_answers_in_one_round(trajectory_policy: tuple[str, RunningServ
     assert body["timing_ms"]["magnifier"] == 0
 
 
-def test_image_by_magnifier_id(
-    trajectory_policy: tuple[str, RunningService], magnifier: RunningService
-) -> None:
-    _, policy = trajectory_policy
+def test_image_by_magnifier_id(trajectory_policy: Trajectory, magnifier: RunningService) -> None:
+    _, policy, _ = trajectory_policy
     image_id = httpx.post(f"{magnifier.url}/v1/images", content=rocket_png()).json()["image_id"]
     resp = httpx.post(
         f"{policy.url}/answer", timeout=120, json={"image": {"id": image_id}, "question": QUESTION}
@@ -157,14 +157,13 @@ def test_image_by_magnifier_id(
 
 
 def test_hermes_tool_calls_reach_the_sdk(
-    trajectory_policy: tuple[str, RunningService], magnifier: RunningService
+    trajectory_policy: Trajectory, magnifier: RunningService
 ) -> None:
-    protocol, policy = trajectory_policy
-    if protocol != "tools":
-        return  # the tags model is exercised through /answer above
+    protocol, policy, _ = trajectory_policy
     sdk = openai.OpenAI(base_url=f"{policy.url}/v1", api_key="unused", max_retries=0)
     model = sdk.models.list().data[0].id
-    first, _ = asyncio.run(conversation(Path(model), magnifier.url, script("tools")))
+    # Tag-form zooms reach an SDK client as zoom tool calls too.
+    first, _ = asyncio.run(conversation(Path(model), magnifier.url, script(protocol)))
     messages = [_wire(m) for m in first]
     resp = sdk.chat.completions.create(
         model=model, messages=messages, tools=[zoom_tool()], temperature=0, max_tokens=64
@@ -206,3 +205,29 @@ def _wire(message: dict) -> dict:
             for p in content
         ]
     return {**message, "content": content}
+
+
+@pytest.mark.parametrize("mode", ["error", "continue"])
+def test_magnifier_down(trajectory_policy: Trajectory, tmp_path: Path, mode: str) -> None:
+    """A magnifier that is down is a 503 that says so, or, when configured, the loop goes on
+    without zoom and the response says why."""
+    _, _, model = trajectory_policy
+    dead = f"http://127.0.0.1:{free_port()}"
+    service = start_policy(tmp_path, dead, str(model), {"MAGSRL_MAGNIFIER_DOWN": mode})
+    try:
+        resp = httpx.post(
+            f"{service.url}/answer",
+            timeout=120,
+            json={"image": {"b64": base64.b64encode(rocket_png()).decode()}, "question": QUESTION},
+        )
+    finally:
+        service.supervisor.stop()
+    if mode == "error":
+        assert resp.status_code == 503, resp.text
+        assert "magnifier" in resp.json()["error"]["message"]
+    else:
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert "magnifier is unavailable" in body["zoom_skipped"]
+        assert len(body["rounds"]) == 2
+        assert body["rounds"][0]["zooms"][0]["crop"] is None
