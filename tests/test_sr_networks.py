@@ -326,6 +326,7 @@ def test_matches_the_ncnn_runtime(
     """Ground truth from ncnn itself (the `ncnn` runtime is a dev dependency): pins the
     converter's layer mapping against the engine the weights were published for."""
     import ncnn
+
     img = np.ascontiguousarray(_patches()[0][:32, :32].transpose(2, 0, 1), np.float32) / 255
     for name in SOURCED:
         param, blob = ncnn_files[name]

@@ -9,6 +9,8 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from magsrl.common.errors import BadRequest, PayloadTooLarge
+from magsrl.common.images import decode_b64
+from magsrl.proto.images import ImageRef
 
 MAX_REDIRECTS = 3
 
@@ -76,3 +78,17 @@ async def fetch_url(
         except httpx.HTTPError as exc:
             raise BadRequest(f"could not fetch the image URL: {exc}", param=param) from exc
     raise BadRequest(f"the image URL redirected more than {MAX_REDIRECTS} times", param=param)
+
+
+async def inline_or_url_bytes(
+    ref: ImageRef, client: httpx.AsyncClient, *, allowlist: Sequence[str], max_bytes: int
+) -> bytes | None:
+    """The bytes of a ``b64`` or ``url`` image reference; None for an ``id``, which each
+    service resolves from its own store."""
+    if ref.b64 is not None:
+        return decode_b64(ref.b64, param="image.b64")
+    if ref.url is not None:
+        return await fetch_url(
+            client, ref.url, allowlist=allowlist, max_bytes=max_bytes, param="image.url"
+        )
+    return None

@@ -25,15 +25,15 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def decode_image(data: bytes, *, max_pixels: int, param: str = "image") -> Image.Image:
-    """Bytes to a loaded RGB image, oriented as EXIF says (as a person would see it)."""
+def _open(data: bytes, param: str) -> Image.Image:
+    """Reads the header only; no pixel is decoded yet."""
     if not data:
         raise BadRequest("the image is empty (0 bytes)", param=param)
     try:
         with warnings.catch_warnings():
-            # We enforce our own pixel limit below, before any pixel is decoded.
+            # We enforce our own pixel limit in _load, before any pixel is decoded.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"image has too many pixels: {exc}", param=param) from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
@@ -41,11 +41,15 @@ def decode_image(data: bytes, *, max_pixels: int, param: str = "image") -> Image
             "the bytes are not a decodable image; send PNG, JPEG, WebP, GIF, BMP or TIFF",
             param=param,
         ) from exc
-    return decode_image_from(image, max_pixels=max_pixels, param=param)
 
 
-def decode_image_from(image: Image.Image, *, max_pixels: int, param: str = "image") -> Image.Image:
-    """Checks and loads an opened (not yet decoded) image; see decode_image."""
+def decode_image(data: bytes, *, max_pixels: int, param: str = "image") -> Image.Image:
+    """Bytes to a loaded RGB image, oriented as EXIF says (as a person would see it)."""
+    return _load(_open(data, param), max_pixels=max_pixels, param=param)
+
+
+def _load(image: Image.Image, *, max_pixels: int, param: str) -> Image.Image:
+    """Checks the size of an opened image, then decodes, orients and converts it."""
     width, height = image.size
     if width <= 0 or height <= 0:
         raise BadRequest(f"the image has zero size ({width}x{height})", param=param)
@@ -126,30 +130,17 @@ def decode_reduced(
     JPEGs decode at 1/2, 1/4 or 1/8 scale in the DCT (Pillow's ``draft``), so a 12 MP photo
     for a 1 MP model view costs a fraction of a full decode. Same checks as decode_image.
     """
-    if not data:
-        raise BadRequest("the image is empty (0 bytes)", param=param)
+    probe = _open(data, param)
+    width, height = probe.size
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            probe = Image.open(io.BytesIO(data))
-            width, height = probe.size
-            orientation = probe.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:  # every failure to read a header is reported by decode_image below
-        return _full(data, max_pixels, target, param)
+        orientation = probe.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError):  # unreadable EXIF: as a viewer would, ignore it
+        orientation = 1
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width
-    if width <= 0 or height <= 0 or width * height > max_pixels or probe.format != "JPEG":
-        return _full(data, max_pixels, target, param)
-    out_w, out_h = target(width, height)
-    draft = (out_h, out_w) if orientation in _SWAPPING_ORIENTATIONS else (out_w, out_h)
-    probe.draft("RGB", draft)
-    image = decode_image_from(probe, max_pixels=max_pixels, param=param)
+    out_w, out_h = target(width, height) if width > 0 and height > 0 else (width, height)
+    if probe.format == "JPEG" and 0 < width * height <= max_pixels:
+        swapped = orientation in _SWAPPING_ORIENTATIONS
+        probe.draft("RGB", (out_h, out_w) if swapped else (out_w, out_h))
+    image = _load(probe, max_pixels=max_pixels, param=param)
     return image.resize((out_w, out_h), Image.BICUBIC), (width, height)
-
-
-def _full(
-    data: bytes, max_pixels: int, target: Callable[[int, int], tuple[int, int]], param: str
-) -> tuple[Image.Image, tuple[int, int]]:
-    image = decode_image(data, max_pixels=max_pixels, param=param)
-    size = image.size
-    return image.resize(target(*size), Image.BICUBIC), size

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from prometheus_client import CollectorRegistry, Histogram
 
+from magsrl.common.torch_device import pick_device
 from magsrl.magnifier.batcher import MicroBatcher
 from magsrl.magnifier.config import MagnifierSettings
 from magsrl.magnifier.sr.weights import BACKENDS, BackendSpec, build_network
@@ -25,12 +26,6 @@ from magsrl.magnifier.tiling import plan_tiles
 log = logging.getLogger("magsrl.magnifier.engine")
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-
-
-def pick_device(setting: str) -> torch.device:
-    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 class BackendUnavailable(RuntimeError):

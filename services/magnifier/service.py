@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry, Counter
 
 from magsrl.common.coords import BoxError, Convention, check_box, to_crop_box, to_norm
 from magsrl.common.errors import NotFound, ServiceUnavailable, UnprocessableEntity
-from magsrl.common.image_source import fetch_url
-from magsrl.common.images import decode_b64, decode_image, encode_image, sha256_hex, to_b64
+from magsrl.common.image_source import inline_or_url_bytes
+from magsrl.common.images import decode_image, encode_image, sha256_hex, to_b64
 from magsrl.magnifier.config import MagnifierSettings
 from magsrl.magnifier.engine import BackendUnavailable, SREngine
 from magsrl.magnifier.image_store import ImageStore
@@ -83,19 +83,14 @@ class Magnifier:
                     param="image.id",
                 )
             return ref.id, array
-        if ref.b64 is not None:
-            data = decode_b64(ref.b64, param="image.b64")
-            param = "image.b64"
-        else:
-            assert ref.url is not None
-            data = await fetch_url(
-                self.http,
-                ref.url,
-                allowlist=self.settings.url_allowlist,
-                max_bytes=self.settings.max_body_bytes,
-                param="image.url",
-            )
-            param = "image.url"
+        data = await inline_or_url_bytes(
+            ref,
+            self.http,
+            allowlist=self.settings.url_allowlist,
+            max_bytes=self.settings.max_body_bytes,
+        )
+        assert data is not None  # ImageRef holds exactly one of id, b64, url
+        param = "image.b64" if ref.b64 is not None else "image.url"
         image_id = sha256_hex(data)
         array = self.store.get(image_id)
         if array is None:

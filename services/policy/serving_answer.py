@@ -7,8 +7,8 @@ import time
 import httpx
 
 from magsrl.common.errors import NotFound, ServiceUnavailable
-from magsrl.common.image_source import fetch_url
-from magsrl.common.images import decode_b64, decode_reduced
+from magsrl.common.image_source import inline_or_url_bytes
+from magsrl.common.images import decode_reduced
 from magsrl.magnifier.client import MagnifierClient, MagnifierUnavailable
 from magsrl.policy.config import PolicySettings
 from magsrl.policy.engines.base import Engine, SamplingParams
@@ -34,16 +34,13 @@ class AnswerService:
     async def _image_bytes(self, req: AnswerRequest) -> tuple[bytes, str | None]:
         """The image bytes, and its magnifier id when the magnifier already holds it."""
         ref = req.image
-        if ref.b64 is not None:
-            return decode_b64(ref.b64, param="image.b64"), None
-        if ref.url is not None:
-            data = await fetch_url(
-                self.http,
-                ref.url,
-                allowlist=self.settings.url_allowlist,
-                max_bytes=self.settings.max_body_bytes,
-                param="image.url",
-            )
+        data = await inline_or_url_bytes(
+            ref,
+            self.http,
+            allowlist=self.settings.url_allowlist,
+            max_bytes=self.settings.max_body_bytes,
+        )
+        if data is not None:
             return data, None
         assert ref.id is not None
         try:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from magsrl.policy.engines.base import split_images
 from magsrl.policy.families import template_text
 from magsrl.policy.loading import load_family, load_model, load_processor
 
@@ -30,27 +31,9 @@ class SFTExample:
     tools: list[dict[str, Any]] | None = None
 
 
-def _split_images(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Any]]:
-    images: list[Any] = []
-    out = []
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, list):
-            parts = []
-            for part in content:
-                if part.get("type") == "image":
-                    images.append(part["image"])
-                    parts.append({"type": "image"})
-                else:
-                    parts.append(part)
-            message = {**message, "content": parts}
-        out.append(message)
-    return out, images
-
-
 def encode_example(processor: Any, template: str, example: SFTExample) -> dict[str, torch.Tensor]:
     """Processor inputs for prompt + target, with labels only on the target tokens."""
-    messages, images = _split_images(example.messages)
+    messages, images = split_images(example.messages)
     prompt = processor.tokenizer.apply_chat_template(
         messages,
         tools=example.tools,

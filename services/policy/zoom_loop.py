@@ -22,11 +22,13 @@ from PIL import Image
 
 from magsrl.common.coords import BoxError, Convention
 from magsrl.common.errors import BadRequest, ServiceUnavailable
+from magsrl.common.images import encode_image
 from magsrl.magnifier.client import MagnifierClient, MagnifierError, MagnifierUnavailable
 from magsrl.policy.boxes import ImageSlot, from_original, original_slot, to_original_crop
 from magsrl.policy.choices import normalize_choice
 from magsrl.policy.engines.base import Engine, GenerationRequest, GenerationResult, SamplingParams
 from magsrl.policy.parsing import ZoomCall, extract_answer, parse_turn
+from magsrl.proto.magnifier import ZoomResponse
 from magsrl.proto.policy import CropRef, Round, Usage, Zoom
 from magsrl.proto.prompts import coordinate_hint, format_options, region_caption, render_prompt
 from magsrl.proto.tools import zoom_tool
@@ -327,11 +329,12 @@ class ZoomLoop:
         boxes: list[tuple[int, int, int, int]],
         opts: LoopOptions,
     ) -> list[tuple[CropRef, Image.Image]]:
-        if state.image_id is None:
-            data = image_bytes if image_bytes is not None else _png(image)
-            state.image_id = (await self.magnifier.upload(data)).image_id
-        try:
-            response = await self.magnifier.zoom(
+        data = image_bytes if image_bytes is not None else encode_image(image, "png")
+
+        async def zoom() -> ZoomResponse:
+            if state.image_id is None:
+                state.image_id = (await self.magnifier.upload(data)).image_id
+            return await self.magnifier.zoom(
                 state.image_id,
                 boxes,
                 coords="pixel",
@@ -340,20 +343,15 @@ class ZoomLoop:
                 fmt=opts.crop_format,
                 quality=opts.crop_quality,
             )
+
+        try:
+            response = await zoom()
         except MagnifierError as exc:
-            if exc.status != 404 or image_bytes is None:
+            if exc.status != 404:
                 raise BadRequest(f"the magnifier refused the zoom: {exc.message}") from exc
             # Evicted from the magnifier's cache since the upload: send it once more.
-            state.image_id = (await self.magnifier.upload(image_bytes)).image_id
-            response = await self.magnifier.zoom(
-                state.image_id,
-                boxes,
-                coords="pixel",
-                method=opts.upscale,
-                max_pixels=opts.crop_max_pixels,
-                fmt=opts.crop_format,
-                quality=opts.crop_quality,
-            )
+            state.image_id = None
+            response = await zoom()
         out = []
         for crop in response.crops:
             data = base64.b64decode(crop.b64)
@@ -454,9 +452,3 @@ def _arguments(call: ZoomCall) -> str:
             **({"label": call.label} if call.label else {}),
         }
     )
-
-
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return buf.getvalue()

@@ -45,13 +45,27 @@ class GenerationRequest:
     tools: list[dict[str, Any]] | None = None
     model: str | None = None  # an adapter name; None or the base name: the base model
 
-    def images(self) -> list[Image.Image]:
-        out = []
-        for message in self.messages:
-            content = message.get("content")
-            if isinstance(content, list):
-                out.extend(p["image"] for p in content if p.get("type") == "image")
-        return out
+
+def split_images(
+    messages: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[Image.Image]]:
+    """Messages for a chat template (image parts become ``{"type": "image"}``) and the
+    images in order of appearance, as a processor takes them."""
+    images: list[Image.Image] = []
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if part.get("type") == "image":
+                    images.append(part["image"])
+                    parts.append({"type": "image"})
+                else:
+                    parts.append(part)
+            message = {**message, "content": parts}
+        out.append(message)
+    return out, images
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from magsrl.common.errors import BadRequest
+from magsrl.common.torch_device import pick_device
 from magsrl.policy.config import PolicySettings
 from magsrl.policy.engines.base import (
     Completion,
@@ -28,17 +29,12 @@ from magsrl.policy.engines.base import (
     GenerationResult,
     SamplingParams,
     StreamDelta,
+    split_images,
 )
 from magsrl.policy.engines.recorder import TokenRecorder
 
 log = logging.getLogger("magsrl.policy.hf")
 EOS_TOKENS = ("<|im_end|>", "<|endoftext|>")
-
-
-def pick_device(setting: str) -> torch.device:
-    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
@@ -299,20 +295,7 @@ class HFEngine(Engine):
                             p.future.set_result(result)
 
     def _prepare(self, request: GenerationRequest) -> _Prepared:
-        images: list[Any] = []
-        messages = []
-        for message in request.messages:
-            content = message.get("content")
-            if isinstance(content, list):
-                parts = []
-                for part in content:
-                    if part.get("type") == "image":
-                        images.append(part["image"])
-                        parts.append({"type": "image"})
-                    else:
-                        parts.append(part)
-                message = {**message, "content": parts}
-            messages.append(message)
+        messages, images = split_images(request.messages)
         text = self.tokenizer.apply_chat_template(
             messages,
             tools=request.tools or None,
