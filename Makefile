@@ -14,7 +14,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install weights up test lint format bench schemas clean
+.PHONY: help install weights up test lint format bench schemas clean browser
 
 help:
 	@echo "make up      set up and run the stack (magsrl up)"
@@ -54,7 +54,18 @@ format: $(STAMP)
 schemas: $(STAMP)
 	$(PY) -m magsrl.proto.generate
 
-test: weights lint
+# The trace viewer's browser test drives Debian's Chromium: Playwright's own browser download
+# cannot work offline. Installed once, as root or through sudo.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+	  echo "installing Debian's chromium (the trace viewer's browser test)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -qq chromium >/dev/null 2>&1 \
+	    || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }; fi
+
+test: weights lint browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: weights
