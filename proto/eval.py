@@ -136,9 +136,7 @@ class EvalReport(BaseModel):
     confidence: float
     bootstrap_resamples: int
     arms: list[ArmStats]
-    categories: dict[str, dict[str, Accuracy]] = Field(
-        description="category -> arm -> accuracy."
-    )
+    categories: dict[str, dict[str, Accuracy]] = Field(description="category -> arm -> accuracy.")
     comparisons: list[PairComparison]
     created: str
     elapsed_s: float = Field(description="Wall clock of the run that finished the file.")

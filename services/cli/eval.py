@@ -1,0 +1,213 @@
+"""``magsrl eval DATASET --arms zoom-sr,zoom-bicubic,zoom-crop,no-zoom --limit N --seed S
+--out DIR``: the paper's ablation on any dataset the loaders read (or ``synthetic``).
+
+Writes DIR/results.jsonl (one line per sample and arm, appended as each lands: rerunning
+the same command resumes), DIR/report.json, DIR/report.md and DIR/accuracy.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from magsrl.eval.arms import DEFAULT_ARMS, known_arms
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 2048x1536, got {text!r}")
+    return int(width), int(height)
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "eval",
+        help="run the zoom ablation on a dataset and write a report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("dataset", help="a dataset file or folder the loaders read, or synthetic")
+    parser.add_argument(
+        "--arms", default=DEFAULT_ARMS, help=f"comma-separated, from: {', '.join(known_arms())}"
+    )
+    parser.add_argument("--limit", type=int, default=None, help="draw N samples with the seed")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="sample draw, option order, bootstrap (default 0)"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="default: ./eval-<dataset name>")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    parser.add_argument("--kind", default="auto", help="dataset format (default: detect)")
+    parser.add_argument("--split", default=None, help="a split or category, where it has them")
+    parser.add_argument("--fresh", action="store_true", help="start over (old results kept aside)")
+    target = parser.add_argument_group("what answers (default: the policy service)")
+    target.add_argument("--policy", default=None, help="policy URL (default: MAGSRL_POLICY_URL)")
+    target.add_argument(
+        "--openai",
+        default=None,
+        metavar="URL",
+        help="an OpenAI-compatible /v1 base URL instead; "
+        "the zoom loop then runs here, with the magnifier for crops",
+    )
+    target.add_argument("--model", default=None, help="policy: an adapter; --openai: the model")
+    target.add_argument(
+        "--magnifier", default=None, help="with --openai (default: MAGSRL_MAGNIFIER_URL)"
+    )
+    target.add_argument(
+        "--protocol", choices=("tags", "tools"), default="tags", help="with --openai"
+    )
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--max-rounds", type=int, default=2)
+    sampling.add_argument("--temperature", type=float, default=0.0)
+    sampling.add_argument("--max-tokens", type=int, default=None)
+    parser.add_argument(
+        "--synthetic-size", type=_size, default=(2048, 1536), help="canvas of synthetic scenes"
+    )
+    parser.set_defaults(func=run)
+
+
+def default_out(dataset: str) -> Path:
+    name = Path(dataset).stem if dataset != "synthetic" else "synthetic"
+    return Path(f"eval-{name}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+    from rich.console import Console
+
+    from magsrl.common.errors import validation_message
+    from magsrl.eval.arms import parse_arms
+    from magsrl.eval.config import EvalConfig, EvalSettings
+    from magsrl.eval.results import ResultsConflict, check_manifest
+    from magsrl.eval.samples import load_samples
+
+    console = Console()
+    settings = EvalSettings()
+    try:
+        config = EvalConfig(
+            dataset=args.dataset,
+            kind=args.kind,
+            split=args.split,
+            arms=parse_arms(args.arms),
+            limit=args.limit,
+            seed=args.seed,
+            concurrency=args.concurrency,
+            out=args.out or default_out(args.dataset),
+            backend="openai" if args.openai else "policy",
+            policy_url=args.policy or settings.policy_url,
+            openai_url=args.openai,
+            openai_api_key=os.environ.get("OPENAI_API_KEY") or None,
+            magnifier_url=args.magnifier or settings.magnifier_url,
+            api_key=settings.api_key,
+            model=args.model,
+            protocol=args.protocol,
+            max_rounds=args.max_rounds,
+            temperature=args.temperature,
+            max_tokens=args.max_tokens,
+            synthetic_size=args.synthetic_size,
+        )
+        config.check()
+        check_manifest(config.out, config, fresh=args.fresh)
+        samples, kind = load_samples(config, settings.synthetic_n)
+    except ValidationError as exc:
+        console.print(f"[red]{validation_message(exc.errors())[0]}")
+        return 2
+    except (ValueError, OSError, ResultsConflict) as exc:
+        console.print(f"[red]{exc}")
+        return 2
+    try:
+        return asyncio.run(_evaluate(config, settings, samples, kind, console))
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]interrupted; the finished samples are in {config.out}: "
+            "run the same command to resume"
+        )
+        return 130
+
+
+async def _evaluate(config: Any, settings: Any, samples: list[Any], kind: str, console: Any) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from magsrl.eval.backends import BackendDown, make_backend
+    from magsrl.eval.report import build_report, write_report
+    from magsrl.eval.runner import run_eval
+    from magsrl.proto.eval import EvalRecord
+
+    backend = make_backend(config, settings)
+    try:
+        try:
+            described = await backend.describe()
+        except BackendDown as exc:
+            console.print(f"[red]{exc}")
+            return 1
+        columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        tally: dict[str, list[int]] = {arm.name: [0, 0] for arm in config.arms}
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task("eval", total=None)
+
+            def on_start(total: int) -> None:
+                bar.update(task, total=total)
+
+            def on_record(record: EvalRecord) -> None:
+                right, seen = tally[record.arm]
+                tally[record.arm] = [right + record.correct, seen + 1]
+                running = " ".join(
+                    f"{name} {100 * r / s:.0f}%" for name, (r, s) in tally.items() if s
+                )
+                bar.update(task, advance=1, description=running)
+
+            summary = await run_eval(samples, config, settings, backend, kind, on_record, on_start)
+    finally:
+        await backend.close()
+    report = build_report(
+        summary.records.values(),
+        config.arms,
+        [s.id for s in samples],
+        dataset=config.dataset,
+        dataset_kind=kind,
+        seed=config.seed,
+        limit=config.limit,
+        backend=described,
+        confidence=settings.confidence,
+        resamples=settings.bootstrap_resamples,
+        elapsed_s=summary.elapsed_s,
+    )
+    paths = write_report(report, config.out)
+    _print_summary(console, report)
+    console.print(
+        f"{summary.done} answered now, {summary.skipped} from earlier runs, "
+        f"{summary.failed} failed; wrote " + ", ".join(str(p) for p in paths)
+    )
+    if summary.stopped:
+        console.print(
+            f"[yellow]stopped early: {summary.stopped}\nthe report covers what finished; "
+            "run the same command to resume"
+        )
+        return 1
+    return 0
+
+
+def _print_summary(console: Any, report: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{report.samples} samples, seed {report.seed}")
+    for column in ("arm", "accuracy", f"{100 * report.confidence:.0f}% CI", "zoom rate", "p50 ms"):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    for s in report.arms:
+        a = s.accuracy.accuracy
+        table.add_row(
+            s.arm.name,
+            f"{100 * a.value:.1f}%",
+            f"{100 * a.low:.1f}-{100 * a.high:.1f}",
+            f"{100 * s.zoom_rate:.0f}%",
+            "-" if s.latency.p50_ms is None else f"{s.latency.p50_ms:.0f}",
+        )
+    console.print(table)
+    for c in report.comparisons:
+        console.print(
+            f"{c.a} vs {c.b}: {c.a_only} vs {c.b_only} discordant, "
+            f"McNemar p = {c.mcnemar.p_value:.3g}"
+        )

@@ -1,0 +1,239 @@
+"""Runs an eval: every (sample, arm) pair not yet in ``results.jsonl``, ``concurrency`` at a
+time, each result appended as it lands. Arms of one sample are queued together, so a run
+stopped early still has paired results to compare."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+from pydantic import ValidationError
+
+from magsrl.common.errors import validation_message
+from magsrl.common.images import to_b64
+from magsrl.data.sample import Sample
+from magsrl.data.scorers import score
+from magsrl.eval.backends import Backend, BackendDown, SampleFailed
+from magsrl.eval.config import EvalConfig, EvalSettings
+from magsrl.eval.results import ResultsFile
+from magsrl.proto.eval import RESULTS_FILE, THUMB_DIR, ArmSpec, EvalRecord
+from magsrl.proto.policy import AnswerRequest, AnswerResponse
+
+log = logging.getLogger("magsrl.eval")
+
+
+def record_key(sample_id: str, arm: str) -> str:
+    return f"{sample_id}|{arm}"
+
+
+@dataclass
+class ImageInfo:
+    data: bytes
+    size: tuple[int, int]
+    thumb: str | None
+
+
+@dataclass
+class RunSummary:
+    done: int = 0  # records written by this run
+    skipped: int = 0  # already in the file
+    failed: int = 0  # records with an error
+    stopped: str | None = None  # why the run stopped early
+    elapsed_s: float = 0.0
+    records: dict[str, EvalRecord] = field(default_factory=dict)
+
+
+class ImageCache:
+    """Each sample's bytes read once while its arms run, and its thumbnail written once."""
+
+    def __init__(self, out: Path, settings: EvalSettings) -> None:
+        self.out = out
+        self.settings = settings
+        self._images: dict[str, asyncio.Task[ImageInfo]] = {}
+        self._users: dict[str, int] = {}
+
+    async def get(self, sample: Sample, users: int) -> ImageInfo:
+        if sample.id not in self._images:
+            self._images[sample.id] = asyncio.create_task(asyncio.to_thread(self._read, sample))
+            self._users[sample.id] = users
+        return await self._images[sample.id]
+
+    def release(self, sample: Sample) -> None:
+        self._users[sample.id] -= 1
+        if self._users[sample.id] == 0:
+            del self._images[sample.id], self._users[sample.id]
+
+    def _read(self, sample: Sample) -> ImageInfo:
+        if "://" in sample.image:
+            import httpx
+
+            data = httpx.get(sample.image, timeout=self.settings.url_timeout_s).content
+        else:
+            data = Path(sample.image).read_bytes()
+        image = Image.open(io.BytesIO(data))
+        size = image.size
+        name = hashlib.sha1(sample.id.encode()).hexdigest()[:16] + ".jpg"
+        thumb = self.out / THUMB_DIR / name
+        if not thumb.exists():
+            image.thumbnail((self.settings.thumb_max_side,) * 2)
+            thumb.parent.mkdir(parents=True, exist_ok=True)
+            partial = thumb.with_suffix(".part")
+            image.convert("RGB").save(partial, "JPEG", quality=self.settings.thumb_quality)
+            partial.replace(thumb)
+        return ImageInfo(data, size, f"{THUMB_DIR}/{name}")
+
+
+def make_record(
+    sample: Sample,
+    arm: ArmSpec,
+    dataset: str,
+    image: ImageInfo | None,
+    response: AnswerResponse | None,
+    latency_ms: float,
+    error: str | None = None,
+) -> EvalRecord:
+    """The line for one sample under one arm; an error (or no response) scores as wrong."""
+    fields: dict[str, object] = {
+        "key": record_key(sample.id, arm.name),
+        "sample_id": sample.id,
+        "arm": arm.name,
+        "dataset": dataset,
+        "category": sample.category,
+        "question": sample.question,
+        "options": sample.options,
+        "gold": sample.answer,
+        "image": sample.image,
+        "image_size": list(image.size) if image else [0, 0],
+        "thumb": image.thumb if image else None,
+        "latency_ms": round(latency_ms, 3),
+        "error": error,
+    }
+    if response is not None and image is not None:
+        served = [z for r in response.rounds for z in r.zooms if z.error is None and z.box]
+        area = image.size[0] * image.size[1]
+        try:
+            correct = score(sample, response.answer)
+        except ValueError as exc:  # the dataset's gold answer does not fit its scorer
+            correct, fields["error"] = False, f"cannot score: {exc}"
+        fields.update(
+            answer=response.answer,
+            raw_answer=response.raw_answer,
+            correct=correct,
+            rounds=response.rounds,
+            zooms=len(served),
+            zoom_errors=sum(1 for r in response.rounds for z in r.zooms if z.error),
+            box_fractions=[
+                round((z.box[2] - z.box[0]) * (z.box[3] - z.box[1]) / area, 6)  # type: ignore[index]
+                for z in served
+            ],
+            timing_ms=response.timing_ms,
+        )
+    return EvalRecord.model_validate(fields)
+
+
+def request_for(
+    sample: Sample, arm: ArmSpec, image: ImageInfo, config: EvalConfig
+) -> AnswerRequest:
+    return AnswerRequest(
+        image={"b64": to_b64(image.data)},  # type: ignore[arg-type]
+        question=sample.question,
+        options=sample.options,
+        zoom=arm.zoom,
+        upscale=arm.upscale,
+        max_rounds=config.max_rounds,
+        model=config.model if config.backend == "policy" else None,
+        temperature=config.temperature,
+        max_tokens=config.max_tokens,
+        seed=config.seed,
+    )
+
+
+async def run_eval(
+    samples: list[Sample],
+    config: EvalConfig,
+    settings: EvalSettings,
+    backend: Backend,
+    dataset: str,
+    progress: Callable[[EvalRecord], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> RunSummary:
+    """Answers every missing (sample, arm) pair and appends each record as it lands. Stops
+    early, keeping everything written, when the backend is down. ``on_start`` gets the
+    number of pairs to run; ``progress`` each new record."""
+    started = time.perf_counter()
+    results = ResultsFile(config.out / RESULTS_FILE)
+    summary = RunSummary(records=results.load())
+    todo = [
+        (sample, arm)
+        for sample in samples
+        for arm in config.arms
+        if record_key(sample.id, arm.name) not in summary.records
+    ]
+    summary.skipped = len(samples) * len(config.arms) - len(todo)
+    if on_start is not None:
+        on_start(len(todo))
+    users = {s.id: sum(1 for t, _ in todo if t.id == s.id) for s in samples}
+    images = ImageCache(config.out, settings)
+    queue: asyncio.Queue[tuple[Sample, ArmSpec]] = asyncio.Queue()
+    for item in todo:
+        queue.put_nowait(item)
+
+    async def one(sample: Sample, arm: ArmSpec) -> EvalRecord:
+        t0 = time.perf_counter()
+
+        def failed(why: str, image: ImageInfo | None = None) -> EvalRecord:
+            return make_record(sample, arm, dataset, image, None, _ms(t0), why)
+
+        try:
+            try:
+                image = await images.get(sample, users[sample.id])
+            except (OSError, ValueError) as exc:  # missing, unreadable or not an image
+                return failed(f"cannot read the image: {exc}")
+            try:
+                request = request_for(sample, arm, image, config)
+            except ValidationError as exc:
+                return failed(
+                    f"cannot ask this sample: {validation_message(exc.errors())[0]}", image
+                )
+            try:
+                response = await backend.answer(request)
+            except SampleFailed as exc:
+                return failed(str(exc), image)
+        finally:
+            images.release(sample)
+        return make_record(sample, arm, dataset, image, response, _ms(t0))
+
+    async def worker() -> None:
+        while not queue.empty():
+            sample, arm = queue.get_nowait()
+            record = await one(sample, arm)
+            results.append(record)
+            summary.records[record.key] = record
+            summary.done += 1
+            summary.failed += record.error is not None
+            if progress is not None:
+                progress(record)
+
+    workers = [asyncio.create_task(worker()) for _ in range(min(config.concurrency, len(todo)))]
+    try:
+        await asyncio.gather(*workers)
+    except BackendDown as exc:
+        summary.stopped = str(exc)
+    finally:
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        results.close()
+        summary.elapsed_s = time.perf_counter() - started
+    return summary
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000
