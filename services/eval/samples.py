@@ -5,6 +5,7 @@ the synthetic needle set made on demand."""
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 from magsrl.data.loaders import load_dataset
@@ -57,6 +58,8 @@ def synthetic_set(out: Path, n: int, seed: int, size: tuple[int, int]) -> Path:
     same = data.exists() and saved.exists() and saved.read_text() == wanted
     if same and sum(1 for line in data.open() if line.strip()) == n:
         return data
+    if folder.exists():
+        shutil.rmtree(folder)  # ours alone: a stale scene must not outlive its config
     return generate(n, folder, config)
 
 
@@ -69,6 +72,10 @@ def load_samples(config: EvalConfig, synthetic_n: int) -> tuple[list[Sample], st
     else:
         from magsrl.data.loaders import detect_kind
 
+        if not Path(config.dataset).exists():
+            raise ValueError(
+                f"{config.dataset}: no such file or folder; give a dataset path, or {SYNTHETIC}"
+            )
         kind = detect_kind(config.dataset) if config.kind == "auto" else config.kind
         samples = load_dataset(config.dataset, kind, split=config.split)
     if not samples:
