@@ -73,6 +73,7 @@ bench: weights
 	$(PY) bench/policy.py
 	$(PY) bench/judge.py
 	$(PY) bench/trainer.py
+	$(PY) bench/eval.py
 
 clean:
 	rm -rf $(VENV) .magsrl .pytest_cache .ruff_cache build *.egg-info

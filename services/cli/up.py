@@ -118,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
             f'try: magsrl answer photo.jpg "What is written on the sign?" '
             f"--url http://127.0.0.1:{ports['policy']}"
         )
+        console.print(f"trace viewer: http://127.0.0.1:{ports['policy']}/")
+        console.print(
+            "evaluate: magsrl eval synthetic --limit 20 --out eval-synthetic "
+            f"--policy http://127.0.0.1:{ports['policy']}"
+        )
         if args.train:
             console.print(
                 f"train: magsrl train examples/train-tiny.yaml --url http://127.0.0.1:{ports['trainer']}"
