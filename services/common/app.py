@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from magsrl import __version__
 from magsrl.common.errors import error_response, install_error_handlers
 from magsrl.common.metrics import HTTPMetrics, MetricsMiddleware
-from magsrl.common.middleware import BearerAuthMiddleware, BodyLimitMiddleware
+from magsrl.common.middleware import PUBLIC_PATHS, BearerAuthMiddleware, BodyLimitMiddleware
 from magsrl.common.request_id import RequestIdMiddleware
 from magsrl.common.settings import ServiceSettings
 from magsrl.proto.errors import ErrorResponse
@@ -72,8 +72,11 @@ def create_service_app(
     routers: Iterable[APIRouter] = (),
     lifespan: Callable[[FastAPI], Any] | None = None,
     ready_check: ReadyCheck | None = None,
+    public_paths: Iterable[str] | None = None,
     public_prefixes: Iterable[str] = (),
 ) -> FastAPI:
+    """``public_paths`` replaces the paths open without the key (probes and docs by default);
+    ``public_prefixes`` opens whole subtrees, such as a page's static assets."""
     registry = CollectorRegistry()
     app = FastAPI(
         title=f"magsrl {name}",
@@ -94,6 +97,7 @@ def create_service_app(
         app.add_middleware(
             BearerAuthMiddleware,
             api_key=settings.api_key.get_secret_value(),
+            public_paths=PUBLIC_PATHS if public_paths is None else frozenset(public_paths),
             public_prefixes=tuple(public_prefixes),
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -1,5 +1,5 @@
 """The policy app factory: loads the engine in the background, and wires the magnifier client,
-the zoom loop, the chat API and ``/answer``.
+the zoom loop, the chat API, ``/answer`` and the trace viewer page.
 
 Run: ``magsrl serve policy --port 8000`` (``MAGSRL_POLICY_MODEL=tiny`` for the offline model)
 """
@@ -14,12 +14,17 @@ import httpx
 from fastapi import FastAPI, Request
 
 from magsrl.common.app import create_service_app
+from magsrl.common.middleware import PUBLIC_PATHS
 from magsrl.magnifier.client import MagnifierClient
 from magsrl.policy.api import router
 from magsrl.policy.config import PolicySettings
 from magsrl.policy.engines.base import Engine
 from magsrl.policy.serving_answer import AnswerService
 from magsrl.policy.serving_chat import ChatService
+from magsrl.policy.viewer_api import PAGE_PATHS, STATIC_PREFIX, mount_viewer
+from magsrl.policy.viewer_api import router as viewer_router
+from magsrl.policy.viewer_crops import CropComparer
+from magsrl.policy.viewer_samples import SampleStore
 from magsrl.policy.zoom_loop import ZoomLoop
 
 
@@ -53,6 +58,10 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
             app.state.answer = AnswerService(
                 engine, ZoomLoop(engine, magnifier), magnifier, http, settings
             )
+            app.state.viewer_crops = CropComparer(magnifier, http, settings)
+            app.state.viewer_samples = SampleStore(
+                settings.viewer_samples, settings.viewer_samples_limit
+            )
             starting = asyncio.create_task(engine.start())
             try:
                 yield
@@ -65,12 +74,17 @@ def create_app(settings: PolicySettings | None = None) -> FastAPI:
         engine: Engine | None = getattr(request.app.state, "engine", None)
         return "starting" if engine is None else await engine.ready()
 
-    return create_service_app(
+    app = create_service_app(
         name="policy",
         settings=settings,
-        routers=[router],
+        routers=[router, viewer_router],
         lifespan=lifespan,
         ready_check=ready,
-        description="Serves a Qwen-VL-class model with OpenAI tool calls for zoom, and runs "
-        "the two-round zoom loop behind /answer.",
+        # The viewer page and its assets load without the key; the page then asks for it.
+        public_paths=PUBLIC_PATHS | set(PAGE_PATHS),
+        public_prefixes=[f"{STATIC_PREFIX}/"],
+        description="Serves a Qwen-VL-class model with OpenAI tool calls for zoom, runs "
+        "the two-round zoom loop behind /answer, and serves the trace viewer at /.",
     )
+    mount_viewer(app)
+    return app

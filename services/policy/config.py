@@ -84,3 +84,18 @@ class PolicySettings(ServiceSettings):
     crop_quality: int = Field(95, ge=1, le=100)
     max_zooms_per_round: int = Field(4, ge=1, le=16)
     magnifier_timeout_s: float = Field(60.0, gt=0)
+
+    # the trace viewer (GET /, /v1/viewer/*)
+    viewer_samples: str | None = Field(
+        None,
+        description="A dataset path any loader reads (docs/data.md): the samples the viewer "
+        "offers. Unset: a few synthetic scenes made in memory.",
+    )
+    viewer_samples_limit: int = Field(
+        24, ge=1, le=1000, description="Most samples the viewer lists from viewer_samples."
+    )
+    viewer_crop_format: Literal["png", "jpeg", "webp"] = Field(
+        "png",
+        description="Encoding of the viewer's side-by-side crops: lossless by default, so the "
+        "comparison shows the upscaler and not the codec.",
+    )
