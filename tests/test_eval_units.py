@@ -276,3 +276,28 @@ def test_report_files(tmp_path: Path) -> None:
     assert markdown == to_markdown(report)
     with Image.open(paths[2]) as plot:
         assert plot.format == "PNG" and plot.width > 300
+
+
+def test_thumbnails_are_upright_like_the_policy_sees_them(tmp_path: Path) -> None:
+    from magsrl.eval.config import EvalSettings
+    from magsrl.eval.runner import ImageCache
+
+    # Stored 300x200 with EXIF orientation 6: shown (and boxed by the policy) as 200x300.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    Image.new("RGB", (300, 200), "red").save(path, exif=exif)
+    sample = Sample(id="phone", image=str(path), question="q", answer="a")
+    info = ImageCache(tmp_path, EvalSettings())._read(sample)
+    assert info.size == (200, 300)
+    with Image.open(tmp_path / (info.thumb or "")) as thumb:
+        assert thumb.size == (200, 300)
+
+
+def test_synthetic_size_only_binds_synthetic_runs(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text("")
+    config = _config(tmp_path, dataset=str(data))
+    check_manifest(tmp_path, config, fresh=False)
+    ResultsFile(tmp_path / "results.jsonl").append(_record("s1", "zoom-sr", True))
+    check_manifest(tmp_path, _config(tmp_path, dataset=str(data), synthetic_size=(64, 64)), False)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from magsrl.eval.config import MANIFEST_FIELDS, EvalConfig
+from magsrl.eval.config import MANIFEST_FIELDS, SYNTHETIC, EvalConfig
 from magsrl.proto.eval import MANIFEST_FILE, RESULTS_FILE, EvalRecord
 
 
@@ -21,6 +21,8 @@ class ResultsConflict(ValueError):
 
 def manifest_of(config: EvalConfig) -> dict[str, Any]:
     data = config.model_dump(mode="json", include=set(MANIFEST_FIELDS))
+    if config.dataset != SYNTHETIC:
+        data["synthetic_size"] = None  # only shapes generated scenes
     return {name: data[name] for name in MANIFEST_FIELDS}
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps
 from pydantic import ValidationError
 
 from magsrl.common.errors import validation_message
@@ -77,7 +77,8 @@ class ImageCache:
             data = httpx.get(sample.image, timeout=self.settings.url_timeout_s).content
         else:
             data = Path(sample.image).read_bytes()
-        image = Image.open(io.BytesIO(data))
+        # Upright, as the policy and the magnifier decode it (D9): boxes are in this frame.
+        image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
         size = image.size
         name = hashlib.sha1(sample.id.encode()).hexdigest()[:16] + ".jpg"
         thumb = self.out / THUMB_DIR / name
