@@ -118,6 +118,17 @@ _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
 
 
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) as a person sees the opened image, after its EXIF rotation; reads
+    the header only."""
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError):  # unreadable EXIF: as a viewer would, ignore it
+        orientation = 1
+    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
+
+
 def within_pixels(max_pixels: int) -> Callable[[int, int], tuple[int, int]]:
     """A ``decode_reduced`` target: the size scaled down (never up) to about ``max_pixels``,
     aspect kept."""
@@ -143,16 +154,10 @@ def decode_reduced(
     for a 1 MP model view costs a fraction of a full decode. Same checks as decode_image.
     """
     probe = _open(data, param)
-    width, height = probe.size
-    try:
-        orientation = probe.getexif().get(_EXIF_ORIENTATION, 1)
-    except (OSError, ValueError, SyntaxError):  # unreadable EXIF: as a viewer would, ignore it
-        orientation = 1
-    if orientation in _SWAPPING_ORIENTATIONS:
-        width, height = height, width
+    width, height = oriented_size(probe)
     out_w, out_h = target(width, height) if width > 0 and height > 0 else (width, height)
     if probe.format == "JPEG" and 0 < width * height <= max_pixels:
-        swapped = orientation in _SWAPPING_ORIENTATIONS
+        swapped = (width, height) != probe.size
         probe.draft("RGB", (out_h, out_w) if swapped else (out_w, out_h))
     image = _load(probe, max_pixels=max_pixels, param=param)
     return image.resize((out_w, out_h), Image.BICUBIC), (width, height)

@@ -26,9 +26,10 @@ class EvalSettings(ServiceSettings):
     eval_retry_backoff_s: float = Field(2.0, ge=0, description="First wait; doubles each time.")
     bootstrap_resamples: int = Field(10_000, ge=100, description="For every interval.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Of every interval.")
-    thumb_max_side: int = Field(
-        1024, ge=64, description="Longest side of the copies the trace viewer shows."
+    thumb_max_pixels: int = Field(
+        1024 * 768, ge=64 * 64, description="Pixel budget of the copies the trace viewer shows."
     )
+    max_image_pixels: int = Field(64_000_000, ge=1, description="Largest image decoded.")
     thumb_quality: int = Field(85, ge=1, le=100, description="JPEG quality of those copies.")
     synthetic_n: int = Field(100, ge=1, description="Scenes made for `synthetic` with no --limit.")
 

@@ -9,15 +9,16 @@ import hashlib
 import io
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
 from pydantic import ValidationError
 
-from magsrl.common.errors import validation_message
-from magsrl.common.images import to_b64
+from magsrl.common.errors import APIError, validation_message
+from magsrl.common.images import decode_reduced, oriented_size, to_b64, within_pixels
 from magsrl.data.sample import Sample
 from magsrl.data.scorers import score
 from magsrl.eval.backends import Backend, BackendDown, SampleFailed
@@ -77,16 +78,21 @@ class ImageCache:
             data = httpx.get(sample.image, timeout=self.settings.url_timeout_s).content
         else:
             data = Path(sample.image).read_bytes()
-        # Upright, as the policy and the magnifier decode it (D9): boxes are in this frame.
-        image = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
-        size = image.size
         name = hashlib.sha1(sample.id.encode()).hexdigest()[:16] + ".jpg"
         thumb = self.out / THUMB_DIR / name
-        if not thumb.exists():
-            image.thumbnail((self.settings.thumb_max_side,) * 2)
+        # Sizes are upright, as the policy and the magnifier decode (D9): boxes are in this frame.
+        if thumb.exists():  # a resumed sample: the header is enough
+            with Image.open(io.BytesIO(data)) as probe:
+                size = oriented_size(probe)
+        else:  # decoded straight to thumbnail size (JPEGs in the DCT)
+            image, size = decode_reduced(
+                data,
+                max_pixels=self.settings.max_image_pixels,
+                target=within_pixels(self.settings.thumb_max_pixels),
+            )
             thumb.parent.mkdir(parents=True, exist_ok=True)
             partial = thumb.with_suffix(".part")
-            image.convert("RGB").save(partial, "JPEG", quality=self.settings.thumb_quality)
+            image.save(partial, "JPEG", quality=self.settings.thumb_quality)
             partial.replace(thumb)
         return ImageInfo(data, size, f"{THUMB_DIR}/{name}")
 
@@ -180,7 +186,7 @@ async def run_eval(
     summary.skipped = len(samples) * len(config.arms) - len(todo)
     if on_start is not None:
         on_start(len(todo))
-    users = {s.id: sum(1 for t, _ in todo if t.id == s.id) for s in samples}
+    users = Counter(sample.id for sample, _ in todo)  # arms still to run, per sample
     images = ImageCache(config.out, settings)
     queue: asyncio.Queue[tuple[Sample, ArmSpec]] = asyncio.Queue()
     for item in todo:
@@ -195,7 +201,7 @@ async def run_eval(
         try:
             try:
                 image = await images.get(sample, users[sample.id])
-            except (OSError, ValueError) as exc:  # missing, unreadable or not an image
+            except (OSError, ValueError, APIError) as exc:  # unreadable, not an image, too big
                 return failed(f"cannot read the image: {exc}")
             try:
                 request = request_for(sample, arm, image, config)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import shutil
+from collections import Counter
 from pathlib import Path
 
 from magsrl.data.loaders import load_dataset
@@ -21,9 +22,9 @@ SYNTHETIC_DIR = "synthetic"
 def draw(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:
     """``limit`` samples chosen with ``seed``, in dataset order; all when limit is None or
     not smaller than the set. Ids must be unique: results are keyed by them."""
-    ids = [s.id for s in samples]
-    if len(set(ids)) != len(ids):
-        dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
+    counts = Counter(s.id for s in samples)
+    if len(counts) != len(samples):
+        dupes = sorted(i for i, n in counts.items() if n > 1)[:5]
         raise ValueError(f"sample ids repeat ({', '.join(dupes)}): results are keyed by id")
     if limit is None or limit >= len(samples):
         return list(samples)

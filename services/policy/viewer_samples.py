@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from magsrl.common.errors import NotFound, ServiceUnavailable
-from magsrl.common.images import encode_image
+from magsrl.common.images import encode_image, oriented_size
 from magsrl.proto.viewer import SampleList, ViewerSample
 
 log = logging.getLogger("magsrl.policy.viewer")
@@ -32,8 +32,6 @@ _BROWSER_TYPES = {
     "GIF": "image/gif",
     "BMP": "image/bmp",
 }
-_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF rotations by 90 or 270 degrees
-_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -72,15 +70,8 @@ def _oriented(path: Path) -> tuple[int, int, str | None]:
     """Width and height as a viewer shows the image (EXIF-rotated), and its PIL format; reads
     the header only."""
     with Image.open(path) as image:
-        width, height = image.size
-        try:
-            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-        except (OSError, ValueError, SyntaxError):
-            orientation = 1
-        fmt = image.format
-    if orientation in _SWAPPING_ORIENTATIONS:
-        width, height = height, width
-    return width, height, fmt
+        width, height = oriented_size(image)
+        return width, height, image.format
 
 
 def _from_dataset(path: str, limit: int) -> list[_Entry]:
