@@ -30,8 +30,8 @@ from PIL import Image
 from magsrl.cli.supervisor import Supervisor, free_port
 from magsrl.magnifier.config import MagnifierSettings
 from magsrl.magnifier.sr.weights import prepare_weights
+from magsrl.models.tiny import ensure_tiny_model
 from magsrl.policy.scripted import Script, build_scripted_model
-from magsrl.policy.tiny import ensure_tiny_model
 
 SIZE = (2048, 1536)
 QUESTION = "What is printed on the cup?"

@@ -114,7 +114,7 @@ def decode(data: bytes) -> Image.Image:
 # ---- policy ------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
-    from magsrl.policy.tiny import ensure_tiny_model
+    from magsrl.models.tiny import ensure_tiny_model
 
     return ensure_tiny_model("qwen2_5_vl")
 

@@ -15,8 +15,8 @@ import pytest
 
 from magsrl.common.images import decode_b64, decode_image, to_b64
 from magsrl.judge.mllm import image_data_url, rubric_messages
+from magsrl.models.sft import SFTExample, finetune
 from magsrl.policy.scripted import CONVERGED_LOSS, conversation
-from magsrl.policy.sft import SFTExample, finetune
 from tests.conftest import RunningService, start_policy, start_service
 from tests.test_zoom_loop_e2e import QUESTION, ROUND1, ROUND2, rocket_png, script
 

@@ -18,8 +18,6 @@ import pytest
 import torch
 from PIL import Image
 
-from magsrl.policy.engines.base import Completion, GenerationResult, SamplingParams, split_images
-from magsrl.policy.zoom_loop import LoopOptions, LoopOutcome, ZoomLoop
 from magsrl.proto.rollout import RolloutResult, Segment
 from magsrl.trainer.grpo import group_advantages
 from magsrl.trainer.learner import Learner
@@ -33,6 +31,8 @@ from magsrl.trainer.trajectory import (
     segments_from_rounds,
     sequence_ids,
 )
+from magsrl.zoom.engine import Completion, GenerationResult, SamplingParams, split_images
+from magsrl.zoom.loop import LoopOptions, LoopOutcome, ZoomLoop
 from tests.conftest import RunningService, photo
 
 QUESTION = "What colour is the sign?"
@@ -60,8 +60,8 @@ def zoom_model(
     tmp_path_factory: pytest.TempPathFactory, magnifier: RunningService, tiny_model_dir: Path
 ) -> Path:
     """The tiny model, taught to ask for one zoom in round 1 (round 2 stays random)."""
+    from magsrl.models.sft import SFTExample, finetune
     from magsrl.policy.scripted import Script, conversation
-    from magsrl.policy.sft import SFTExample, finetune
 
     out = tmp_path_factory.mktemp("learner") / "zoom-model"
     script = Script(rocket()[1], QUESTION, ROUND1, "unused")
@@ -71,9 +71,9 @@ def zoom_model(
 
 
 async def _run_episodes(model: Path, magnifier_url: str) -> list[Episode]:
-    from magsrl.magnifier.client import MagnifierClient
+    from magsrl.clients.magnifier import MagnifierClient
+    from magsrl.engines.hf import HFEngine
     from magsrl.policy.config import PolicySettings
-    from magsrl.policy.engines.hf import HFEngine
 
     engine = HFEngine(PolicySettings(policy_model=str(model), magnifier_url=magnifier_url))
     await engine.start()
@@ -101,7 +101,7 @@ def episodes(zoom_model: Path, magnifier: RunningService) -> list[Episode]:
 
 @pytest.fixture(scope="module")
 def eos_id(zoom_model: Path) -> int:
-    from magsrl.policy.loading import load_processor
+    from magsrl.models.loading import load_processor
 
     return int(load_processor(zoom_model).tokenizer.convert_tokens_to_ids("<|im_end|>"))
 
@@ -241,8 +241,8 @@ def test_images_round_trip_losslessly() -> None:
 def test_collate_marks_image_tokens_as_the_processor_does(zoom_model: Path) -> None:
     """mm_token_type_ids must be the processor's (1 on <|image_pad|>), extended with zeros;
     pixel values and grids must be the policy's; other pixel bounds are refused."""
-    from magsrl.policy.families import template_text
-    from magsrl.policy.loading import load_family, load_processor
+    from magsrl.models.loading import load_family, load_processor
+    from magsrl.zoom.families import template_text
 
     processor = load_processor(zoom_model)
     image, _ = rocket()
@@ -299,7 +299,7 @@ def test_a_sampled_image_pad_token_is_scored_as_a_word(tiny_model_dir: Path) -> 
     learner's forward must too, not take it for an image slot (and crash on the count)."""
     from transformers import LogitsProcessor
 
-    from magsrl.policy.engines.recorder import TokenRecorder
+    from magsrl.engines.recorder import TokenRecorder
 
     learner = Learner(tiny_model_dir, config(), device="cpu")
     processor, model = learner.processor, learner.model
@@ -389,7 +389,7 @@ def test_a_step_trains_the_adapter_that_the_policy_then_serves(
     trained policy (its log-probs agree with the learner's)."""
     from peft import PeftModel
 
-    from magsrl.policy.loading import load_model
+    from magsrl.models.loading import load_model
 
     learner = Learner(zoom_model, config(grpo={"learning_rate": 1e-2, "beta": 0.05}), device="cpu")
     results = results_of(episodes, eos_id, 1.0)
@@ -428,9 +428,9 @@ def test_a_step_trains_the_adapter_that_the_policy_then_serves(
 
 
 async def _serve_adapter(model: Path, adapter: Path, magnifier_url: str) -> LoopOutcome:
-    from magsrl.magnifier.client import MagnifierClient
+    from magsrl.clients.magnifier import MagnifierClient
+    from magsrl.engines.hf import HFEngine
     from magsrl.policy.config import PolicySettings
-    from magsrl.policy.engines.hf import HFEngine
 
     engine = HFEngine(PolicySettings(policy_model=str(model), magnifier_url=magnifier_url))
     await engine.start()
@@ -489,7 +489,7 @@ def test_full_fine_tuning_takes_a_step(
 ) -> None:
     """lora.enabled=False trains every weight, keeps a frozen reference for the KL, and
     saves a whole model folder the policy can load."""
-    from magsrl.policy.loading import load_model, load_processor
+    from magsrl.models.loading import load_model, load_processor
 
     learner = Learner(
         zoom_model,

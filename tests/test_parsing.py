@@ -8,8 +8,9 @@ import random
 
 import pytest
 
-from magsrl.policy.choices import normalize_choice
-from magsrl.policy.parsing import (
+from magsrl.policy.streaming import ContentDelta, StreamingToolCallParser
+from magsrl.zoom.choices import normalize_choice
+from magsrl.zoom.parsing import (
     ParsedTurn,
     ZoomCall,
     extract_answer,
@@ -19,7 +20,6 @@ from magsrl.policy.parsing import (
     to_openai_tool_calls,
     tool_call_id,
 )
-from magsrl.policy.streaming import ContentDelta, StreamingToolCallParser
 
 
 def tool_call(arguments: object, name: str = "zoom", pad: str = "\n") -> str:

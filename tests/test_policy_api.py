@@ -300,7 +300,7 @@ def adapter_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from magsrl.policy.loading import load_model
+    from magsrl.models.loading import load_model
 
     torch.manual_seed(0)
     model = get_peft_model(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from magsrl.common.coords import BoxError, Convention
-from magsrl.policy.boxes import ImageSlot, from_original, original_slot, to_original_crop
-from magsrl.policy.families import FAMILIES, resized_size
+from magsrl.zoom.boxes import ImageSlot, from_original, original_slot, to_original_crop
+from magsrl.zoom.families import FAMILIES, resized_size
 
 ORIGINAL = (2048, 1536)
 

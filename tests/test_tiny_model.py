@@ -16,15 +16,8 @@ import torch
 from PIL import Image
 
 from magsrl.common.coords import Convention
-from magsrl.policy.families import (
-    FAMILIES,
-    IMAGE_PLACEHOLDER,
-    family_for_config,
-    resized_size,
-    template_text,
-)
-from magsrl.policy.loading import load_family, load_model, load_processor
-from magsrl.policy.tiny import (
+from magsrl.models.loading import load_family, load_model, load_processor
+from magsrl.models.tiny import (
     MAX_VISUAL_TOKENS,
     TAG_TOKENS,
     build_tiny_model,
@@ -33,6 +26,13 @@ from magsrl.policy.tiny import (
     tiny_name,
 )
 from magsrl.proto.tools import zoom_tool
+from magsrl.zoom.families import (
+    FAMILIES,
+    IMAGE_PLACEHOLDER,
+    family_for_config,
+    resized_size,
+    template_text,
+)
 
 FAMILY_NAMES = sorted(FAMILIES)
 LOGPROB_TOLERANCE = 1e-4  # fp32; measured differences are ~5e-7

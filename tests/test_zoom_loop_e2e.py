@@ -19,10 +19,10 @@ from PIL import Image
 
 from magsrl.cli.supervisor import free_port
 from magsrl.common.coords import Convention
-from magsrl.policy.boxes import original_slot, to_original_crop
-from magsrl.policy.families import FAMILIES, resized_size
 from magsrl.policy.scripted import Script, build_scripted_model, conversation
 from magsrl.proto.tools import zoom_tool
+from magsrl.zoom.boxes import original_slot, to_original_crop
+from magsrl.zoom.families import FAMILIES, resized_size
 from tests.conftest import RunningService, photo, png_bytes, start_policy
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,7 @@ def trajectory_policy(
 
 
 def expected_crop(model_dir: Path) -> tuple[int, int, int, int]:
-    from magsrl.policy.loading import load_processor
+    from magsrl.models.loading import load_processor
 
     size = (640, 427)
     low, high = load_processor(model_dir).pixel_bounds()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 # Cheap: families needs neither torch nor transformers.
-from magsrl.policy.families import FAMILIES
+from magsrl.zoom.families import FAMILIES
 
 DEFAULT_FAMILY = "qwen2_5_vl"
 
@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from magsrl.policy.tiny import build_tiny_model
+    from magsrl.models.tiny import build_tiny_model
 
     console = Console(stderr=True)
     if args.dir.exists() and any(args.dir.iterdir()):

@@ -14,9 +14,9 @@ import unicodedata
 from collections.abc import Callable
 
 from magsrl.data.sample import Sample
-from magsrl.policy.choices import normalize_choice
-from magsrl.policy.parsing import extract_answer
 from magsrl.proto.prompts import OPTION_LETTERS, option_texts
+from magsrl.zoom.choices import normalize_choice
+from magsrl.zoom.parsing import extract_answer
 
 __all__ = [
     "SCORERS",

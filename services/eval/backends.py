@@ -128,11 +128,11 @@ class OpenAIBackend:
     normalisation are exactly what ``/answer`` does."""
 
     def __init__(self, config: EvalConfig, settings: EvalSettings) -> None:
-        from magsrl.magnifier.client import MagnifierClient
+        from magsrl.clients.magnifier import MagnifierClient
+        from magsrl.engines.openai_upstream import OpenAIEngine
         from magsrl.policy.config import PolicySettings
-        from magsrl.policy.engines.openai_upstream import OpenAIEngine
         from magsrl.policy.serving_answer import AnswerService
-        from magsrl.policy.zoom_loop import ZoomLoop
+        from magsrl.zoom.loop import ZoomLoop
 
         assert config.openai_url is not None and config.model is not None  # EvalConfig.check
         policy = PolicySettings(

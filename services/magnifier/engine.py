@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from prometheus_client import CollectorRegistry, Histogram
 
-from magsrl.common.torch_device import pick_device
 from magsrl.magnifier.batcher import MicroBatcher
 from magsrl.magnifier.config import MagnifierSettings
 from magsrl.magnifier.sr.weights import BACKENDS, BackendSpec, build_network
 from magsrl.magnifier.tiling import plan_tiles
+from magsrl.models.device import pick_device
 
 log = logging.getLogger("magsrl.magnifier.engine")
 

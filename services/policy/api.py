@@ -12,7 +12,6 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from magsrl.common.errors import BadRequest, UnprocessableEntity, validation_message
-from magsrl.policy.engines.base import Engine
 from magsrl.policy.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -23,6 +22,7 @@ from magsrl.policy.protocol import (
 from magsrl.policy.serving_answer import AnswerService
 from magsrl.policy.serving_chat import ChatService
 from magsrl.proto.policy import AnswerRequest, AnswerResponse
+from magsrl.zoom.engine import Engine
 
 router = APIRouter()
 

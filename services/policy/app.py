@@ -13,27 +13,27 @@ from collections.abc import AsyncIterator
 import httpx
 from fastapi import FastAPI, Request
 
+from magsrl.clients.magnifier import MagnifierClient
 from magsrl.common.app import create_service_app
 from magsrl.common.middleware import PUBLIC_PATHS
-from magsrl.magnifier.client import MagnifierClient
 from magsrl.policy.api import router
 from magsrl.policy.config import PolicySettings
-from magsrl.policy.engines.base import Engine
 from magsrl.policy.serving_answer import AnswerService
 from magsrl.policy.serving_chat import ChatService
 from magsrl.policy.viewer_api import PAGE_PATHS, STATIC_PREFIX, mount_viewer
 from magsrl.policy.viewer_api import router as viewer_router
 from magsrl.policy.viewer_crops import CropComparer
 from magsrl.policy.viewer_samples import SampleStore
-from magsrl.policy.zoom_loop import ZoomLoop
+from magsrl.zoom.engine import Engine
+from magsrl.zoom.loop import ZoomLoop
 
 
 def build_engine(settings: PolicySettings) -> Engine:
     if settings.engine == "openai":
-        from magsrl.policy.engines.openai_upstream import OpenAIEngine
+        from magsrl.engines.openai_upstream import OpenAIEngine
 
         return OpenAIEngine(settings)
-    from magsrl.policy.engines.hf import HFEngine
+    from magsrl.engines.hf import HFEngine
 
     return HFEngine(settings)
 

@@ -14,14 +14,14 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from magsrl.magnifier.client import MagnifierClient
+from magsrl.clients.magnifier import MagnifierClient
+from magsrl.engines.hf import HFEngine
+from magsrl.models.sft import SFTExample, finetune
 from magsrl.policy.config import PolicySettings
-from magsrl.policy.engines.hf import HFEngine
 from magsrl.policy.serving_answer import AnswerService
-from magsrl.policy.sft import SFTExample, finetune
-from magsrl.policy.zoom_loop import ZoomLoop
 from magsrl.proto.policy import AnswerRequest
 from magsrl.proto.tools import zoom_tool
+from magsrl.zoom.loop import ZoomLoop
 
 DEFAULT_STEPS = 120
 CONVERGED_LOSS = 0.05

@@ -6,14 +6,14 @@ import time
 
 import httpx
 
+from magsrl.clients.magnifier import MagnifierClient, MagnifierUnavailable
 from magsrl.common.errors import NotFound, ServiceUnavailable
 from magsrl.common.image_source import inline_or_url_bytes
 from magsrl.common.images import decode_reduced
-from magsrl.magnifier.client import MagnifierClient, MagnifierUnavailable
 from magsrl.policy.config import PolicySettings
-from magsrl.policy.engines.base import Engine, SamplingParams
-from magsrl.policy.zoom_loop import LoopOptions, ZoomLoop
 from magsrl.proto.policy import AnswerRequest, AnswerResponse
+from magsrl.zoom.engine import Engine, SamplingParams
+from magsrl.zoom.loop import LoopOptions, ZoomLoop
 
 
 class AnswerService:

@@ -10,20 +10,6 @@ from typing import Any
 from magsrl.common.errors import BadRequest
 from magsrl.common.images import decode_b64, decode_image
 from magsrl.policy.config import PolicySettings
-from magsrl.policy.engines.base import (
-    Completion,
-    Engine,
-    GenerationRequest,
-    GenerationResult,
-    SamplingParams,
-    StreamDelta,
-)
-from magsrl.policy.parsing import (
-    ZoomCall,
-    parse_turn,
-    to_openai_tool_call,
-    to_openai_tool_calls,
-)
 from magsrl.policy.protocol import (
     AssistantMessage,
     ChatCompletionChunk,
@@ -43,6 +29,20 @@ from magsrl.policy.protocol import (
     completion_id,
 )
 from magsrl.policy.streaming import StreamingToolCallParser
+from magsrl.zoom.engine import (
+    Completion,
+    Engine,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+    StreamDelta,
+)
+from magsrl.zoom.parsing import (
+    ZoomCall,
+    parse_turn,
+    to_openai_tool_call,
+    to_openai_tool_calls,
+)
 
 
 class ChatService:

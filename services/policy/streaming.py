@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from magsrl.policy.parsing import (
+from magsrl.zoom.parsing import (
     TOOL_CALL_OPEN,
     Block,
     ZoomCall,

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import httpx
 
+from magsrl.clients.magnifier import MagnifierClient, MagnifierError, MagnifierUnavailable
 from magsrl.common.errors import (
     APIError,
     BadRequest,
@@ -18,7 +19,6 @@ from magsrl.common.errors import (
     UnprocessableEntity,
 )
 from magsrl.common.image_source import inline_or_url_bytes
-from magsrl.magnifier.client import MagnifierClient, MagnifierError, MagnifierUnavailable
 from magsrl.policy.config import PolicySettings
 from magsrl.proto.magnifier import Crop
 from magsrl.proto.viewer import BoxCrops, CropsRequest, CropsResponse, Method, MethodCrop

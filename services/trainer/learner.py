@@ -41,9 +41,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from magsrl.common.torch_device import pick_device
-from magsrl.policy.engines.hf import pick_dtype
-from magsrl.policy.loading import load_processor
+from magsrl.models.device import pick_device, pick_dtype
+from magsrl.models.loading import load_processor
 from magsrl.proto.rollout import RolloutResult
 from magsrl.trainer.grpo import batch_normaliser, grpo_loss
 from magsrl.trainer.learner_batch import (

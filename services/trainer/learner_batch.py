@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from magsrl.policy.loading import load_model
+from magsrl.models.loading import load_model
 from magsrl.proto.rollout import RolloutResult
 from magsrl.trainer.grpo import token_logprobs
 from magsrl.trainer.run_config import RunConfig

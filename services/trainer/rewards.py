@@ -35,8 +35,8 @@ from typing import Literal
 
 from magsrl.data.sample import Sample
 from magsrl.data.scorers import score
-from magsrl.policy.parsing import ParsedTurn, parse_turn
 from magsrl.proto.policy import Round
+from magsrl.zoom.parsing import ParsedTurn, parse_turn
 
 __all__ = [
     "COMPONENTS",

@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 import torch
 
+from magsrl.clients.magnifier import MagnifierClient
 from magsrl.common.remote import remote_error
-from magsrl.magnifier.client import MagnifierClient
 from magsrl.proto.rollout import RolloutJob, RolloutResult
 from magsrl.trainer.config import TrainerSettings
 from magsrl.trainer.grpo import group_advantages
@@ -153,7 +153,7 @@ class RunLoop:
 
     # ---- setup ----------------------------------------------------------------------------
     async def _setup(self) -> tuple[Schedule, int, int]:
-        from magsrl.policy.tiny import resolve_model
+        from magsrl.models.tiny import resolve_model
         from magsrl.trainer.learner import Learner
 
         samples = load_run_samples(self.config)

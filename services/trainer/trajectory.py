@@ -40,8 +40,8 @@ from typing import Any
 
 from PIL import Image
 
-from magsrl.policy.engines.base import GenerationResult, split_images
 from magsrl.proto.rollout import Segment
+from magsrl.zoom.engine import GenerationResult, split_images
 
 # P_k ends with the generation prompt "<|im_start|>assistant\n". Re-rendered in P_{k+1}, that
 # trailing newline is followed by the turn's text, and BPE may merge the two when the text

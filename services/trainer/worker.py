@@ -20,18 +20,18 @@ import time
 import redis.asyncio as aioredis
 from PIL import Image
 
+from magsrl.clients.magnifier import MagnifierClient, MagnifierError, MagnifierUnavailable
 from magsrl.common.errors import ServiceUnavailable
-from magsrl.magnifier.client import MagnifierClient, MagnifierError, MagnifierUnavailable
+from magsrl.engines.openai_upstream import OpenAIEngine
 from magsrl.policy.config import PolicySettings
-from magsrl.policy.engines.base import SamplingParams, UnknownModel
-from magsrl.policy.engines.openai_upstream import OpenAIEngine
-from magsrl.policy.zoom_loop import LoopOptions, ZoomLoop
 from magsrl.proto.rollout import RolloutJob, RolloutResult
 from magsrl.trainer.config import WorkerSettings
 from magsrl.trainer.queue import Delivery, QueueError, RolloutConsumer
 from magsrl.trainer.registry import active_runs
 from magsrl.trainer.rewards import compute_reward
 from magsrl.trainer.trajectory import encode_images, images_from_messages, segments_from_rounds
+from magsrl.zoom.engine import SamplingParams, UnknownModel
+from magsrl.zoom.loop import LoopOptions, ZoomLoop
 
 log = logging.getLogger("magsrl.worker")
 

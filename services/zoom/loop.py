@@ -20,18 +20,18 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from magsrl.clients.magnifier import MagnifierClient, MagnifierError, MagnifierUnavailable
 from magsrl.common.coords import BoxError, Convention
 from magsrl.common.errors import BadRequest, ServiceUnavailable
 from magsrl.common.images import encode_image
-from magsrl.magnifier.client import MagnifierClient, MagnifierError, MagnifierUnavailable
-from magsrl.policy.boxes import ImageSlot, from_original, original_slot, to_original_crop
-from magsrl.policy.choices import normalize_choice
-from magsrl.policy.engines.base import Engine, GenerationRequest, GenerationResult, SamplingParams
-from magsrl.policy.parsing import ZoomCall, extract_answer, parse_turn
 from magsrl.proto.magnifier import ZoomResponse
 from magsrl.proto.policy import CropRef, Round, Usage, Zoom
 from magsrl.proto.prompts import coordinate_hint, format_options, region_caption, render_prompt
 from magsrl.proto.tools import zoom_tool
+from magsrl.zoom.boxes import ImageSlot, from_original, original_slot, to_original_crop
+from magsrl.zoom.choices import normalize_choice
+from magsrl.zoom.engine import Engine, GenerationRequest, GenerationResult, SamplingParams
+from magsrl.zoom.parsing import ZoomCall, extract_answer, parse_turn
 
 MIN_BOX_SIDE = 28  # the design's minimum crop side, in original pixels
 

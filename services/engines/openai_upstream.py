@@ -17,7 +17,7 @@ from PIL import Image
 from magsrl.common.errors import APIError, ServiceUnavailable
 from magsrl.common.images import to_b64
 from magsrl.policy.config import PolicySettings
-from magsrl.policy.engines.base import (
+from magsrl.zoom.engine import (
     Completion,
     Engine,
     GenerationRequest,
@@ -25,7 +25,7 @@ from magsrl.policy.engines.base import (
     StreamDelta,
     UnknownModel,
 )
-from magsrl.policy.families import FAMILIES, ModelFamily, resized_size
+from magsrl.zoom.families import FAMILIES, ModelFamily, resized_size
 
 
 class UpstreamError(APIError):

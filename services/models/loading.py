@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import AutoTokenizer, ProcessorMixin, Qwen2VLImageProcessorPil
 
-from magsrl.policy.families import (
+from magsrl.zoom.families import (
     IMAGE_PAD_TOKEN,
     ModelFamily,
     family_for_config,

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from magsrl.common.settings import default_cache_dir
-from magsrl.policy.families import FAMILIES, ModelFamily, get_family, template_text
 from magsrl.proto.tools import zoom_tool
+from magsrl.zoom.families import FAMILIES, ModelFamily, get_family, template_text
 
 TINY_PREFIX = "tiny"
 DEFAULT_FAMILY = "qwen2_5_vl"
@@ -250,7 +250,7 @@ def build_tiny_model(out_dir: Path, family: str = DEFAULT_FAMILY, seed: int = 0)
     import torch
     from transformers import GenerationConfig, Qwen2VLImageProcessorPil
 
-    from magsrl.policy.loading import QwenVLProcessor, model_class
+    from magsrl.models.loading import QwenVLProcessor, model_class
 
     spec = get_family(family)
     out_dir = Path(out_dir)

@@ -17,7 +17,7 @@ import torch
 from transformers import LogitsProcessor
 from transformers.generation.streamers import BaseStreamer
 
-from magsrl.policy.engines.base import FinishReason
+from magsrl.zoom.engine import FinishReason
 
 
 @dataclass

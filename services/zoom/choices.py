@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from magsrl.policy.parsing import extract_answer
 from magsrl.proto.prompts import OPTION_LETTERS, option_texts
+from magsrl.zoom.parsing import extract_answer
 
 __all__ = ["normalize_choice"]
 

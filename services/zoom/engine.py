@@ -15,7 +15,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from magsrl.common.errors import APIError
-from magsrl.policy.families import ModelFamily
+from magsrl.zoom.families import ModelFamily
 
 FinishReason = Literal["stop", "length"]
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from magsrl.policy.engines.base import split_images
-from magsrl.policy.families import template_text
-from magsrl.policy.loading import load_family, load_model, load_processor
+from magsrl.models.loading import load_family, load_model, load_processor
+from magsrl.zoom.engine import split_images
+from magsrl.zoom.families import template_text
 
 END_OF_TURN = "<|im_end|>"
 IGNORE_INDEX = -100

@@ -20,9 +20,10 @@ from typing import Any
 import torch
 
 from magsrl.common.errors import BadRequest
-from magsrl.common.torch_device import pick_device
+from magsrl.engines.recorder import TokenRecorder
+from magsrl.models.device import pick_device, pick_dtype
 from magsrl.policy.config import PolicySettings
-from magsrl.policy.engines.base import (
+from magsrl.zoom.engine import (
     Completion,
     Engine,
     GenerationRequest,
@@ -31,16 +32,9 @@ from magsrl.policy.engines.base import (
     StreamDelta,
     split_images,
 )
-from magsrl.policy.engines.recorder import TokenRecorder
 
 log = logging.getLogger("magsrl.policy.hf")
 EOS_TOKENS = ("<|im_end|>", "<|endoftext|>")
-
-
-def pick_dtype(setting: str, device: torch.device) -> torch.dtype:
-    if setting == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, setting)
 
 
 @dataclass
@@ -84,9 +78,9 @@ class HFEngine(Engine):
         self._worker = asyncio.get_running_loop().create_task(self._run())
 
     def _load(self) -> None:
-        from magsrl.policy.families import template_text
-        from magsrl.policy.loading import load_family, load_model, load_processor
-        from magsrl.policy.tiny import resolve_model
+        from magsrl.models.loading import load_family, load_model, load_processor
+        from magsrl.models.tiny import resolve_model
+        from magsrl.zoom.families import template_text
 
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
@@ -208,7 +202,7 @@ class HFEngine(Engine):
             raise ServiceUnavailable(reason)
 
     def frame_size(self, width: int, height: int) -> tuple[int, int]:
-        from magsrl.policy.families import resized_size
+        from magsrl.zoom.families import resized_size
 
         min_pixels, max_pixels = self.processor.pixel_bounds()
         return resized_size(

@@ -1,0 +1,1 @@
+"""Typed HTTP clients of the services (magnifier, policy), shared by every caller."""
