@@ -53,8 +53,8 @@ from magsrl.trainer.learner_batch import (
     sequence_logprobs,
 )
 from magsrl.trainer.run_config import RunConfig
+from magsrl.zoom.families import END_OF_TURN
 
-END_OF_TURN = "<|im_end|>"
 OldLogps = Literal["sampler", "learner"]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")  # not copied: save_pretrained writes them
 CHECKPOINT_FORMAT = 1  # bumped when the checkpoint's layout changes
