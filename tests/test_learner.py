@@ -160,6 +160,7 @@ def mean_diff(learner: Learner, results: list[RolloutResult], temperature: float
 
 
 # ---- segments -------------------------------------------------------------------------------
+@pytest.mark.slow  # starts services (and fine-tunes a model)
 def test_segments_are_the_sampled_rounds(episodes: list[Episode], eos_id: int) -> None:
     """The learner's sequence is P_1 + C_1 + O_1 + C_2: exactly what round 2 saw plus what it
     sampled, with the sampled ids (mask 1) and the template's/tool's (mask 0)."""
