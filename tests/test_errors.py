@@ -61,6 +61,23 @@ def test_old_names_are_the_same_classes() -> None:
     assert issubclass(TooLarge, BadRequest)
 
 
+def test_subclasses_written_before_the_split_keep_their_status() -> None:
+    """Pins: a branch's ``class X(APIError): status_code = 502`` (or an instance setting
+    ``self.status_code``) silently rendered as a 400 after the merge."""
+
+    class Legacy(APIError):
+        status_code = 502  # type: ignore[assignment]
+
+    class Passthrough(APIError):
+        def __init__(self, status: int) -> None:
+            super().__init__("upstream said no")
+            self.status_code = status
+
+    assert http_status(Legacy("x")) == 502
+    assert http_status(Passthrough(418)) == 418
+    assert http_status(APIError("x")) == 400
+
+
 def test_envelope_helpers_are_forwarded_lazily() -> None:
     """Pins: code that imports error_body from the core module (written before the split)
     failing with ImportError after the merge."""

@@ -46,14 +46,21 @@ class MagsrlError(Exception):
         self.message = message
         self.param = param
 
+    # Compatibility with code written before the split, which read or set a number. New
+    # code branches on the class; the edge's table (imported late, so this module stays
+    # free of the web layer) answers reads, and an explicit setting wins over it.
+    _status_override: int | None = None
+
     @property
     def status_code(self) -> int:
-        """The HTTP status the edge renders this error as. Kept for code that predates the
-        split and branches on a number; new code branches on the class. Imported late so
-        this module stays free of the web layer."""
+        """The HTTP status the edge renders this error as."""
         from magsrl.common.http_errors import http_status
 
         return http_status(self)
+
+    @status_code.setter
+    def status_code(self, value: int) -> None:
+        self._status_override = value
 
 
 class InvalidInput(MagsrlError):

@@ -69,7 +69,14 @@ _STATUS_TYPES = {
 
 
 def http_status(exc: MagsrlError) -> int:
-    """The status ``exc`` renders as: that of the nearest class in its MRO with an entry."""
+    """The status ``exc`` renders as: that of the nearest class in its MRO with an entry.
+    A number set on the instance, or as a class attribute by a subclass written before the
+    split (``status_code = 502``), still wins."""
+    if exc._status_override is not None:
+        return exc._status_override
+    legacy = getattr(type(exc), "status_code", None)
+    if isinstance(legacy, int):
+        return legacy
     for cls in type(exc).__mro__:
         if cls in STATUS:
             return STATUS[cls]  # type: ignore[index]
