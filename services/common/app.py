@@ -33,7 +33,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (404, "Unknown resource"),
         (413, "Too large"),
         (422, "Invalid request"),
-        (503, "A dependency is not ready"),
+        (502, "A dependency answered with something unusable"),
+        (503, "A dependency is down or not ready, or the server is out of capacity; retry"),
     ]
 }
 
