@@ -163,3 +163,21 @@ def test_a_failing_network_is_unavailable_not_bad_input(tmp_path: Path) -> None:
     )
     with pytest.raises(ServiceUnavailable):
         asyncio.run(magnifier.zoom(req))
+
+
+def test_sr_out_of_memory_is_resource_exhausted(tmp_path: Path) -> None:
+    """Pins: a GPU running out of memory mid-forward reported as an unexpected 500 (or the
+    caller's fault) rather than a 503 to retry."""
+    import torch
+
+    from magsrl.common.errors import ResourceExhausted
+    from magsrl.magnifier.engine import SREngine
+
+    class OutOfMemory(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    engine = SREngine(MagnifierSettings(weights_dir=tmp_path, preload=[]))
+    forward = engine._forward_fn("span-x4", OutOfMemory())
+    with pytest.raises(ResourceExhausted, match="MAGSRL_MAX_BATCH"):
+        forward(torch.zeros(1, 3, 8, 8))
