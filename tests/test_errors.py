@@ -116,7 +116,7 @@ def _app() -> TestClient:
             raise UpstreamError("the judge model's reply was unreadable")
         raise RuntimeError("secret stack detail")
 
-    settings = ServiceSettings()
+    settings = ServiceSettings(api_key=None)  # whatever the environment says
     return TestClient(
         create_service_app(name="t", settings=settings, description="t", routers=[router]),
         raise_server_exceptions=False,
