@@ -241,3 +241,10 @@ def test_every_module_is_seen(all_imports: list[Import]) -> None:
     """Pins: a walk that silently skips a package (the check would then pass vacuously)."""
     packages = {package_of(module_name(p)) for p in source_files()}
     assert set(RANKS) <= packages, f"no modules found for {set(RANKS) - packages}"
+
+
+def test_every_package_has_a_rank() -> None:
+    """Pins: a new package under services/ that the checker silently ignores (its imports
+    would never be checked); place it in RANKS and in docs/architecture.md."""
+    packages = {p.parent.name for p in (ROOT / "services").glob("*/__init__.py")}
+    assert packages <= set(RANKS), f"no layer rank for {sorted(packages - set(RANKS))}"
