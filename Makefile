@@ -14,11 +14,12 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install weights up test lint format bench schemas clean browser
+.PHONY: help install weights up test test-fast lint format bench schemas clean browser
 
 help:
 	@echo "make up      set up and run the stack (magsrl up)"
 	@echo "make test    set up and run lint + the test suite"
+	@echo "make test-fast  lint + the tests not marked slow (under a minute; no real processes)"
 	@echo "make bench   run the benchmarks (results: docs/benchmarks.md)"
 	@echo "make lint | format | schemas | clean"
 
@@ -67,6 +68,13 @@ browser:
 
 test: weights lint browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The loop while editing: lint and every test not marked slow (pure functions and in-process
+# service tests), under 60 s on 2 cores. `make test` stays the whole suite, and what CI runs.
+FAST_MARKERS := not slow and not compose and not gpu
+
+test-fast: weights lint
+	$(PY) -m pytest -q -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
 bench: weights
 	$(PY) bench/magnifier.py

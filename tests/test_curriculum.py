@@ -122,6 +122,7 @@ def test_read_refuses_a_plain_dataset(tmp_path: Path) -> None:
         read_curriculum(path)
 
 
+@pytest.mark.slow  # starts a judge process
 def test_curriculum_cli_through_the_judge(
     tmp_path: Path, redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

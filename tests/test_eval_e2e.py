@@ -25,6 +25,8 @@ from tests.conftest import RunningService, start_policy
 from tests.test_up import UP_TIMEOUT_S, kill_stack, read_until, start_up
 from tests.test_zoom_loop_e2e import QUESTION, rocket_png, script
 
+pytestmark = pytest.mark.slow  # every test runs the eval CLI or services as processes
+
 FOUR_ARMS = "zoom-sr,zoom-bicubic,zoom-crop,no-zoom"
 SAMPLES = 6
 

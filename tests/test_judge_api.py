@@ -16,6 +16,8 @@ from PIL import Image
 from magsrl.proto.judge import level_of
 from tests.conftest import RunningService, photo, png_bytes, start_service
 
+pytestmark = pytest.mark.slow  # a real judge process; test_judge_service.py is the in-process tier
+
 PHOTO = png_bytes(photo("coffee"))
 B64 = base64.b64encode(PHOTO).decode()
 

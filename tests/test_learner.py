@@ -160,6 +160,7 @@ def mean_diff(learner: Learner, results: list[RolloutResult], temperature: float
 
 
 # ---- segments -------------------------------------------------------------------------------
+@pytest.mark.slow  # starts services (and fine-tunes a model)
 def test_segments_are_the_sampled_rounds(episodes: list[Episode], eos_id: int) -> None:
     """The learner's sequence is P_1 + C_1 + O_1 + C_2: exactly what round 2 saw plus what it
     sampled, with the sampled ids (mask 1) and the template's/tool's (mask 0)."""
@@ -238,6 +239,7 @@ def test_images_round_trip_losslessly() -> None:
 
 
 # ---- collation --------------------------------------------------------------------------------
+@pytest.mark.slow  # starts a magnifier and fine-tunes a model (zoom_model)
 def test_collate_marks_image_tokens_as_the_processor_does(zoom_model: Path) -> None:
     """mm_token_type_ids must be the processor's (1 on <|image_pad|>), extended with zeros;
     pixel values and grids must be the policy's; other pixel bounds are refused."""
@@ -337,6 +339,7 @@ def test_a_sampled_image_pad_token_is_scored_as_a_word(tiny_model_dir: Path) -> 
     assert mean_diff(learner, [rollout(segments, [image])], 1.0) < AGREEMENT
 
 
+@pytest.mark.slow  # starts a magnifier and fine-tunes a model (zoom_model)
 def test_masked_tokens_get_no_gradient(
     episodes: list[Episode], eos_id: int, zoom_model: Path
 ) -> None:
@@ -513,6 +516,7 @@ def test_full_fine_tuning_takes_a_step(
     assert torch.allclose(reloaded, learner.logprobs(batch), atol=1e-5)
 
 
+@pytest.mark.slow  # starts a magnifier and fine-tunes a model (zoom_model)
 def test_learner_old_logps_start_the_ratio_at_one(
     episodes: list[Episode], eos_id: int, zoom_model: Path
 ) -> None:

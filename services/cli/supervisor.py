@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,26 +15,12 @@ from pathlib import Path
 
 import httpx
 
+from magsrl.common.ports import free_port, port_is_free
+
 READY_POLL_S = 0.2
 STOP_GRACE_S = 10.0
 LOG_TAIL_LINES = 30
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As uvicorn binds: a port whose last connections linger in TIME_WAIT is free.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+__all__ = ["Service", "ServiceFailed", "Supervisor", "free_port", "port_is_free", "tail"]
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from magsrl import __version__
-from magsrl.common.errors import error_response, install_error_handlers
+from magsrl.common.http_errors import error_response, install_error_handlers
 from magsrl.common.metrics import HTTPMetrics, MetricsMiddleware
 from magsrl.common.middleware import PUBLIC_PATHS, BearerAuthMiddleware, BodyLimitMiddleware
 from magsrl.common.request_id import RequestIdMiddleware
@@ -33,7 +33,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (404, "Unknown resource"),
         (413, "Too large"),
         (422, "Invalid request"),
-        (503, "A dependency is not ready"),
+        (502, "A dependency answered with something unusable"),
+        (503, "A dependency is down or not ready, or the server is out of capacity; retry"),
     ]
 }
 

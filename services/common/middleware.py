@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from magsrl.common.errors import error_response
+from magsrl.common.http_errors import error_response
 
 # Probes and docs stay open so orchestrators and humans can reach them without the key.
 PUBLIC_PATHS = frozenset(

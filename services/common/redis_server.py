@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from magsrl.cli.supervisor import free_port
+from magsrl.common.ports import free_port
 
 START_TIMEOUT_S = 10.0
 POLL_S = 0.05

@@ -56,7 +56,7 @@ class RequestIdMiddleware:
             if started:
                 raise
             # Imported here: errors.py imports this module for current_request_id.
-            from magsrl.common.errors import error_body
+            from magsrl.common.http_errors import error_body
 
             body = json.dumps(
                 error_body(

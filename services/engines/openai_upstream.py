@@ -14,9 +14,17 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from magsrl.common.errors import APIError, ServiceUnavailable
+from magsrl.common.errors import (
+    Conflict,
+    InvalidInput,
+    MagsrlError,
+    ResourceExhausted,
+    ServiceUnavailable,
+    TooLarge,
+    UnprocessableEntity,
+)
 from magsrl.common.images import to_b64
-from magsrl.policy.config import PolicySettings
+from magsrl.engines.settings import UpstreamEngineSettings
 from magsrl.zoom.engine import (
     Completion,
     Engine,
@@ -27,13 +35,24 @@ from magsrl.zoom.engine import (
 )
 from magsrl.zoom.families import FAMILIES, ModelFamily, resized_size
 
+# An upstream 4xx answers the caller's request as we forwarded it, so it is the caller's
+# fault and keeps its kind; anything unlisted is plain invalid input.
+_REFUSALS: dict[int, type[MagsrlError]] = {
+    409: Conflict,
+    413: TooLarge,
+    422: UnprocessableEntity,
+    429: ResourceExhausted,  # the upstream is saturated: not the caller's fault
+}
 
-class UpstreamError(APIError):
-    """A 4xx from the upstream, passed on with its status and message."""
 
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
-        super().__init__(message, param=param)
-        self.status_code = status
+def upstream_refusal(status: int, message: str, param: str | None) -> MagsrlError:
+    """The error an upstream 4xx becomes here."""
+    if status in (401, 403):
+        # Our credentials, not the caller's: the operator must fix MAGSRL_UPSTREAM_API_KEY.
+        return ServiceUnavailable(f"the upstream refused the policy's credentials: {message}")
+    if status == 404:
+        return UnknownModel(message, param=param or "model")
+    return _REFUSALS.get(status, InvalidInput)(message, param=param)
 
 
 def guess_family(model: str) -> ModelFamily:
@@ -41,7 +60,7 @@ def guess_family(model: str) -> ModelFamily:
 
 
 class OpenAIEngine(Engine):
-    def __init__(self, settings: PolicySettings) -> None:
+    def __init__(self, settings: UpstreamEngineSettings) -> None:
         self.settings = settings
         self.base_model = settings.served_model_name or settings.policy_model
         self.upstream_model = settings.policy_model
@@ -222,11 +241,9 @@ class OpenAIEngine(Engine):
         except ValueError:
             message, param = resp.text[:500], None
         message = f"upstream: {message}"
-        if resp.status_code == 404:
-            raise UnknownModel(message, param=param or "model")
         if resp.status_code >= 500:
             raise ServiceUnavailable(message)
-        raise UpstreamError(resp.status_code, message, param=param)
+        raise upstream_refusal(resp.status_code, message, param)
 
 
 def _wire_message(message: dict[str, Any]) -> dict[str, Any]:

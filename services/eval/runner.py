@@ -18,6 +18,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from magsrl.common.errors import APIError, validation_message
+from magsrl.common.files import atomic_path
 from magsrl.common.images import decode_reduced, oriented_size, to_b64, within_pixels
 from magsrl.data.sample import Sample
 from magsrl.data.scorers import score
@@ -90,10 +91,8 @@ class ImageCache:
                 max_pixels=self.settings.max_image_pixels,
                 target=within_pixels(self.settings.thumb_max_pixels),
             )
-            thumb.parent.mkdir(parents=True, exist_ok=True)
-            partial = thumb.with_suffix(".part")
-            image.save(partial, "JPEG", quality=self.settings.thumb_quality)
-            partial.replace(thumb)
+            with atomic_path(thumb) as partial:
+                image.save(partial, "JPEG", quality=self.settings.thumb_quality)
         return ImageInfo(data, size, f"{THUMB_DIR}/{name}")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from magsrl.common.errors import APIError, ServiceUnavailable
+from magsrl.common.errors import ServiceUnavailable, UpstreamError
 from magsrl.common.images import decode_reduced, encode_image, to_b64, within_pixels
 from magsrl.judge.rubric import RubricParseError, RubricReply, parse_rubric
 from magsrl.proto.judge import Factors
@@ -23,13 +23,6 @@ from magsrl.proto.prompts import OPTION_LETTERS, load_prompt, option_texts, rend
 
 IMAGE_FORMAT = "jpeg"
 IMAGE_QUALITY = 90
-
-
-class UpstreamError(APIError):
-    """The judge model answered, but not with anything usable."""
-
-    status_code = 502
-    error_type = "upstream_error"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from prometheus_client import CollectorRegistry, Histogram
 
+from magsrl.common.errors import ResourceExhausted
 from magsrl.magnifier.batcher import MicroBatcher
 from magsrl.magnifier.config import MagnifierSettings
 from magsrl.magnifier.sr.weights import BACKENDS, BackendSpec, build_network
@@ -126,7 +127,13 @@ class SREngine:
                 x = batch.to(self.device, self.dtype, non_blocking=True)
                 if self.device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
-                return net(x).clamp_(0, 1).float().cpu()
+                try:
+                    return net(x).clamp_(0, 1).float().cpu()
+                except torch.OutOfMemoryError as exc:  # the server's limit, not the caller's
+                    raise ResourceExhausted(
+                        f"out of memory upscaling {len(batch)} crop(s) with {name}; retry, "
+                        "or lower MAGSRL_MAX_BATCH or MAGSRL_TILE_SIZE"
+                    ) from exc
 
         return forward
 

@@ -18,9 +18,8 @@ import torch
 
 from magsrl.models.loading import load_family, load_model, load_processor
 from magsrl.zoom.engine import split_images
-from magsrl.zoom.families import template_text
+from magsrl.zoom.families import END_OF_TURN, template_text
 
-END_OF_TURN = "<|im_end|>"
 IGNORE_INDEX = -100
 
 

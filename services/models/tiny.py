@@ -17,7 +17,14 @@ from typing import Any
 
 from magsrl.common.settings import default_cache_dir
 from magsrl.proto.tools import zoom_tool
-from magsrl.zoom.families import FAMILIES, ModelFamily, get_family, template_text
+from magsrl.zoom.families import (
+    END_OF_TURN,
+    EOS_TOKENS,
+    FAMILIES,
+    ModelFamily,
+    get_family,
+    template_text,
+)
 
 TINY_PREFIX = "tiny"
 DEFAULT_FAMILY = "qwen2_5_vl"
@@ -62,8 +69,8 @@ TAG_TOKENS = (
 # torchvision is installed, as in the vLLM image) and vLLM load the folder like a real one.
 HF_PROCESSOR_CLASS = {"qwen2_5_vl": "Qwen2_5_VLProcessor", "qwen3_vl": "Qwen3VLProcessor"}
 PROCESSOR_FILES = ("processor_config.json", "tokenizer_config.json")
-EOS_TOKEN = "<|im_end|>"
-PAD_TOKEN = "<|endoftext|>"
+EOS_TOKEN = END_OF_TURN
+PAD_TOKEN = EOS_TOKENS[-1]  # <|endoftext|>, as Qwen pads
 
 VOCAB_SIZE = 1024  # BPE merges + the added tokens above
 MAX_BOX_COORD = 1000  # Qwen3-VL's 0-1000 grid; every integer up to it is in the corpus

@@ -28,10 +28,8 @@ How it differs from TRL's GRPOTrainer:
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -41,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from magsrl.common.files import atomic_directory, atomic_path
 from magsrl.models.device import pick_device, pick_dtype
 from magsrl.models.loading import load_processor
 from magsrl.proto.rollout import RolloutResult
@@ -53,8 +52,8 @@ from magsrl.trainer.learner_batch import (
     sequence_logprobs,
 )
 from magsrl.trainer.run_config import RunConfig
+from magsrl.zoom.families import END_OF_TURN
 
-END_OF_TURN = "<|im_end|>"
 OldLogps = Literal["sampler", "learner"]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")  # not copied: save_pretrained writes them
 CHECKPOINT_FORMAT = 1  # bumped when the checkpoint's layout changes
@@ -304,26 +303,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # every device's generator, cuda included
 
 
-@contextlib.contextmanager
-def atomic_directory(path: Path) -> Iterator[Path]:
-    """Yields a temp folder beside ``path``; on success it becomes ``path`` by rename, so a
-    reader never sees a half-written folder. An existing ``path`` is moved aside first (one
-    folder per version is the usual case, and that rename is then the only step)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            os.replace(path, aside / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(aside)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {
@@ -361,17 +340,8 @@ def write_checkpoint(
         "rng": _rng_state(),
         "extra": extra or {},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())  # the rename must never expose a file still in the page cache
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def restore_checkpoint(

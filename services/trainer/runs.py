@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from magsrl.common.errors import BadRequest, Conflict, NotFound
+from magsrl.common.files import atomic_write_text
 from magsrl.proto.trainer import TERMINAL, Checkpoint, RunEvent, RunInfo, RunStatus
 from magsrl.trainer.config import TrainerSettings
 from magsrl.trainer.run_config import RunConfig
@@ -39,12 +39,6 @@ class Run:
     @property
     def dir(self) -> Path:
         return Path(self.info.output_dir)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class RunManager:
@@ -180,7 +174,7 @@ class RunManager:
         run.events.append(event)
         with (run.dir / "events.jsonl").open("a") as fh:
             fh.write(event.model_dump_json() + "\n")
-        _write_atomic(run.dir / "status.json", run.info.model_dump_json(indent=2))
+        atomic_write_text(run.dir / "status.json", run.info.model_dump_json(indent=2))
 
         async def notify() -> None:
             async with run.changed:

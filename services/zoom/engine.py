@@ -14,15 +14,14 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from magsrl.common.errors import APIError
+from magsrl.common.errors import NotFound
 from magsrl.zoom.families import ModelFamily
 
 FinishReason = Literal["stop", "length"]
 
 
-class UnknownModel(APIError):
-    status_code = 404
-    error_type = "not_found_error"
+class UnknownModel(NotFound):
+    """The request names a model (base or adapter) the engine does not serve."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,10 @@ from magsrl.common.coords import Convention
 
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 IMAGE_PAD_TOKEN = "<|image_pad|>"
+# The ChatML turn markers every Qwen-VL template writes: a turn ends with END_OF_TURN, and
+# generation stops at either EOS token (<|endoftext|> ends a base-model document).
+END_OF_TURN = "<|im_end|>"
+EOS_TOKENS = (END_OF_TURN, "<|endoftext|>")
 # Qwen's smart_resize refuses images more elongated than this.
 MAX_ASPECT_RATIO = 200
 TEMPLATES_PACKAGE = "magsrl.proto"
@@ -32,6 +36,8 @@ class ModelFamily:
     temporal_patch_size: int = 2
     image_placeholder: str = IMAGE_PLACEHOLDER
     image_token: str = IMAGE_PAD_TOKEN
+    end_of_turn: str = END_OF_TURN  # the token that closes a turn in this family's template
+    eos_tokens: tuple[str, ...] = EOS_TOKENS  # generation stops at any of these
     # The processor defaults of the released checkpoints (preprocessor_config.json), used
     # when neither the caller nor the checkpoint gives pixel bounds.
     default_min_pixels: int = 56 * 56

@@ -1,0 +1,103 @@
+"""Batching for the in-process engine: concurrent requests that share sampling settings and
+adapter are gathered and run as one left-padded ``generate`` call.
+
+A request waits in a queue; the scheduler takes whatever queued while the last call ran
+(plus ``wait_s``, 0 by default: no added latency), groups it by ``group_key`` and runs each
+group in chunks of at most ``max_batch`` sequences on the single model thread, so adapter
+switches never race with a generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from magsrl.common.errors import InvalidInput
+from magsrl.zoom.engine import GenerationRequest, GenerationResult
+
+log = logging.getLogger("magsrl.policy.hf")
+
+
+@dataclass
+class Pending:
+    request: GenerationRequest
+    adapter: str | None
+    future: asyncio.Future[GenerationResult]
+    on_delta: Any = None  # streaming callback, run on the loop
+
+
+def group_key(pending: Pending) -> tuple[Any, ...]:
+    """Requests with equal keys may share one ``generate`` call."""
+    s = pending.request.sampling
+    # Seeded and streaming requests run alone: a batch would change their random stream
+    # or mix their deltas.
+    alone = id(pending) if (s.seed is not None or pending.on_delta is not None) else None
+    return (
+        pending.adapter,
+        s.temperature,
+        s.top_p,
+        s.top_k,
+        s.stop,
+        s.n,
+        s.max_tokens,
+        s.logprobs,
+        s.top_logprobs,
+        alone,
+    )
+
+
+RunChunk = Callable[[list[Pending]], list[GenerationResult]]
+
+
+class BatchScheduler:
+    """Runs queued requests through ``run_chunk`` on ``executor``, one chunk at a time."""
+
+    def __init__(
+        self, run_chunk: RunChunk, executor: Executor, *, wait_s: float, max_batch: int
+    ) -> None:
+        self.run_chunk = run_chunk
+        self.executor = executor
+        self.wait_s = wait_s
+        self.max_batch = max_batch
+        self.queue: asyncio.Queue[Pending] = asyncio.Queue()
+
+    async def submit(self, pending: Pending) -> None:
+        await self.queue.put(pending)
+
+    async def run(self) -> None:
+        """The scheduler's task: runs until cancelled."""
+        while True:
+            batch = [await self.queue.get()]
+            await asyncio.sleep(self.wait_s)
+            while not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            groups: dict[tuple[Any, ...], list[Pending]] = {}
+            for pending in batch:
+                groups.setdefault(group_key(pending), []).append(pending)
+            for group in groups.values():
+                await self._run_group(group)
+
+    async def _run_group(self, group: list[Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        rows_per = group[0].request.sampling.n
+        step = max(1, self.max_batch // rows_per)
+        for start in range(0, len(group), step):
+            chunk = [p for p in group[start : start + step] if not p.future.done()]
+            if not chunk:
+                continue
+            try:
+                results = await loop.run_in_executor(self.executor, self.run_chunk, chunk)
+            except Exception as exc:
+                if not isinstance(exc, InvalidInput):  # the caller's fault is not news
+                    log.exception("generation failed")
+                for p in chunk:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            for p, result in zip(chunk, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(result)
