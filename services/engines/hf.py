@@ -35,6 +35,10 @@ from magsrl.zoom.engine import (
 
 log = logging.getLogger("magsrl.policy.hf")
 EOS_TOKENS = ("<|im_end|>", "<|endoftext|>")
+_NO_ADAPTER = (
+    "no loadable peft adapter at '{path}' (a folder readable by the server, holding "
+    "adapter_config.json and the adapter weights)"
+)
 
 
 @dataclass
@@ -152,9 +156,7 @@ class HFEngine(Engine):
             )
         folder = Path(path)
         if not (folder / "adapter_config.json").is_file():
-            raise BadRequest(
-                f"no peft adapter at '{path}': adapter_config.json is missing", param="path"
-            )
+            raise BadRequest(_NO_ADAPTER.format(path=path), param="path")
         await self._ensure_loaded()
         await asyncio.get_running_loop().run_in_executor(
             self._executor, self._load_adapter_sync, name, folder
@@ -171,9 +173,10 @@ class HFEngine(Engine):
                 self.model = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name)
             self.model.eval()
         except Exception as exc:  # a foreign or corrupt adapter is the caller's fault
-            raise BadRequest(
-                f"could not load the adapter at '{folder}': {exc}", param="path"
-            ) from exc
+            # The same words as for a missing folder, details only in the log: an error must
+            # not tell a caller which paths exist or what the files there hold.
+            log.warning("could not load the adapter at %s: %s", folder, exc)
+            raise BadRequest(_NO_ADAPTER.format(path=folder), param="path") from exc
 
     async def unload_adapter(self, name: str) -> None:
         self.check_model(name)
@@ -275,18 +278,30 @@ class HFEngine(Engine):
                     chunk = [p for p in group[start : start + step] if not p.future.done()]
                     if not chunk:
                         continue
-                    try:
-                        results = await loop.run_in_executor(self._executor, self._generate, chunk)
-                    except Exception as exc:
-                        if not isinstance(exc, BadRequest):
-                            log.exception("generation failed")
-                        for p in chunk:
-                            if not p.future.done():
-                                p.future.set_exception(exc)
-                        continue
+                    results = await loop.run_in_executor(
+                        self._executor, self._generate_isolated, chunk
+                    )
                     for p, result in zip(chunk, results, strict=True):
-                        if not p.future.done():
+                        if p.future.done():
+                            continue
+                        if isinstance(result, BaseException):
+                            p.future.set_exception(result)
+                        else:
                             p.future.set_result(result)
+
+    def _generate_isolated(self, chunk: list[_Pending]) -> list[GenerationResult | BaseException]:
+        """``_generate``, but a request that breaks the batch fails alone: the chunk is run
+        again one request at a time, so the others still get their answers and no error
+        quotes another client's prompt. Nothing is sampled before a batch fails its checks,
+        and streaming requests always run alone, so no text is produced twice."""
+        try:
+            return list(self._generate(chunk))
+        except Exception as exc:
+            if len(chunk) == 1:
+                if not isinstance(exc, BadRequest):
+                    log.exception("generation failed")
+                return [exc]
+        return [r for p in chunk for r in self._generate_isolated([p])]
 
     def _prepare(self, request: GenerationRequest) -> _Prepared:
         messages, images = split_images(request.messages)
@@ -311,6 +326,9 @@ class HFEngine(Engine):
         )
         lengths = inputs["attention_mask"].sum(dim=1).tolist()
         sampling = chunk[0].request.sampling
+        for length in lengths:
+            # Each prompt on its own first: the batch's longest must not speak for the others.
+            self._max_new_tokens(sampling, length)
         max_new = self._max_new_tokens(sampling, max(lengths))
         inputs = inputs.to(self.device)
         rows = len(chunk) * sampling.n
