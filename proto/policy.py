@@ -3,7 +3,7 @@ trainer's rollout workers."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -16,7 +16,7 @@ MAX_ROUNDS_LIMIT = 8
 class AnswerRequest(BaseModel):
     image: ImageRef
     question: str = Field(min_length=1, max_length=8000)
-    options: list[str] | None = Field(
+    options: list[Annotated[str, Field(max_length=2000)]] | None = Field(
         None,
         min_length=2,
         max_length=MAX_OPTIONS,

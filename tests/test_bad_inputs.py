@@ -290,6 +290,16 @@ CASES = [
         id="chat-lone-surrogate",
     ),
     pytest.param(
+        "policy", "/answer",
+        {"image": {"b64": LONG_THIN_URL.split(",")[1]}, "question": "q", "zoom": "off"}, 400,
+        "aspect ratio", id="answer-image-60000x1",
+    ),
+    pytest.param(
+        "policy", "/answer",
+        {"image": {"b64": B64}, "question": "q", "options": ["a", "\ud800"], "zoom": "off"},
+        422, "unicode", id="answer-option-lone-surrogate",
+    ),
+    pytest.param(
         "policy", "/v1/chat/completions",
         chat("hi", tools=deep_tools(300)),
         422, "nested deeper", id="chat-tool-params-300-deep",

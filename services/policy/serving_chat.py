@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from magsrl.common.errors import APIError, BadRequest, error_body
@@ -334,6 +334,19 @@ def _error_event(
 ) -> str:
     body = error_body(status, message, error_type=error_type, param=param)
     return f"data: {json.dumps(body)}\n\n"
+
+
+def checked_frame(
+    frame_size: Callable[[int, int], tuple[int, int]], param: str = "image"
+) -> Callable[[int, int], tuple[int, int]]:
+    """``frame_size`` (the model's view of an image) that first refuses, with a 400, an image
+    too elongated for the processor."""
+
+    def frame(width: int, height: int) -> tuple[int, int]:
+        check_aspect(width, height, param)
+        return frame_size(width, height)
+
+    return frame
 
 
 def check_aspect(width: int, height: int, param: str) -> None:
