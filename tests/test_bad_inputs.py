@@ -405,6 +405,20 @@ def test_context_errors_never_quote_another_request(policy: TestClient) -> None:
     assert str(short_result.prompt_tokens) not in str(long_result)
 
 
+def test_stream_refused_by_the_engine_ends_with_an_error_event(policy: TestClient) -> None:
+    """Bug: an error raised after a stream's 200 (here the engine's context check) cut the
+    connection; now it arrives as an error event that names the request's own numbers."""
+    body = {"model": model_name(policy), **chat("hi", stream=True)}
+    body["max_tokens"] = 100_000
+    resp = send(policy, "POST", "/v1/chat/completions", body)
+    assert resp.status_code == 200
+    events = [line[len("data: ") :] for line in resp.text.splitlines() if line.startswith("data:")]
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == 400 and "max_tokens=100000" in error["message"], error
+    good_chat(policy)
+
+
 # ---- upstream engines that answer garbage: 502, and an error event when streaming --------
 class FakeUpstream:
     """An OpenAI-compatible upstream that answers what a test sets in ``mode``."""
