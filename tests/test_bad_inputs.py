@@ -98,7 +98,7 @@ def magnifier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     settings = MagnifierSettings(
         preload=[],
         url_allowlist=ALLOW,
-        url_timeout_s=1.0,
+        url_timeout_s=0.5,
         weights_dir=tmp_path_factory.mktemp("weights"),
     )
     with TestClient(magnifier_app(settings), raise_server_exceptions=False) as client:
@@ -108,7 +108,7 @@ def magnifier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def judge() -> Iterator[TestClient]:
-    settings = JudgeSettings(cache=False, url_allowlist=ALLOW, url_timeout_s=1.0)
+    settings = JudgeSettings(cache=False, url_allowlist=ALLOW, url_timeout_s=0.5)
     with TestClient(judge_app(settings), raise_server_exceptions=False) as client:
         yield client
 
@@ -118,7 +118,7 @@ def policy(tiny_model_dir: Path) -> Iterator[TestClient]:
     settings = PolicySettings(
         policy_model=str(tiny_model_dir),
         url_allowlist=ALLOW,
-        url_timeout_s=1.0,
+        url_timeout_s=0.5,
         max_context=512,
         batch_wait_ms=30,
         magnifier_url="http://127.0.0.1:9",  # nothing listens: no case here reaches it
@@ -577,7 +577,7 @@ def test_slow_drip_url_is_cut_at_the_total_deadline(
     magnifier: TestClient, judge: TestClient, drip_url: str
 ) -> None:
     """Bug: a URL dripping a byte at a time held a request 160 s (the timeout was per read);
-    MAGSRL_URL_TIMEOUT_S (1 s here) now bounds the whole fetch."""
+    MAGSRL_URL_TIMEOUT_S (0.5 s here) now bounds the whole fetch."""
     for client, path, body in [
         (magnifier, "/v1/zoom", {"image": {"url": drip_url}, **ZOOM}),
         (judge, "/v1/score", {"image": {"url": drip_url}, "question": "q"}),
