@@ -3,7 +3,7 @@ its client (the curriculum CLI, the trainer's re-scoring) and the JSON Schemas i
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -36,7 +36,7 @@ class ScoreRequest(BaseModel):
     options: list[str] | None = Field(
         None, min_length=2, max_length=26, description="Multiple-choice options, if any."
     )
-    bbox: list[float] | None = Field(
+    bbox: list[Annotated[float, Field(allow_inf_nan=False, strict=True)]] | None = Field(
         None,
         min_length=4,
         max_length=4,

@@ -19,7 +19,7 @@ MAX_BOXES_PER_REQUEST = 16
 MIN_OUTPUT_PIXELS = 64 * 64
 MAX_OUTPUT_PIXELS = 4096 * 4096
 
-Coordinate = Annotated[float, Field(allow_inf_nan=False)]
+Coordinate = Annotated[float, Field(allow_inf_nan=False, strict=True)]  # "10" is refused
 BoxIn = Annotated[list[Coordinate], Field(min_length=4, max_length=4)]
 
 

@@ -3,7 +3,7 @@ trainer's rollout workers."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -16,7 +16,7 @@ MAX_ROUNDS_LIMIT = 8
 class AnswerRequest(BaseModel):
     image: ImageRef
     question: str = Field(min_length=1, max_length=8000)
-    options: list[str] | None = Field(
+    options: list[Annotated[str, Field(max_length=2000)]] | None = Field(
         None,
         min_length=2,
         max_length=MAX_OPTIONS,
@@ -36,7 +36,7 @@ class AnswerRequest(BaseModel):
     model: str | None = Field(None, description="An adapter name; the base model by default.")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int | None = Field(None, ge=1, le=32768, description="Per round.")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # int64, as torch takes it
     return_crops: Literal["ref", "b64"] = Field(
         "ref", description="ref: crops by box and size only; b64: include the image data."
     )

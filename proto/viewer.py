@@ -13,7 +13,7 @@ from magsrl.proto.magnifier import MAX_BOXES_PER_REQUEST
 Method = Literal["sr", "bicubic", "crop"]
 ALL_METHODS: tuple[Method, ...] = ("sr", "bicubic", "crop")
 
-Coordinate = Annotated[float, Field(allow_inf_nan=False)]
+Coordinate = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 PixelBox = Annotated[list[Coordinate], Field(min_length=4, max_length=4)]
 
 

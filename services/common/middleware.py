@@ -17,6 +17,16 @@ PUBLIC_PATHS = frozenset(
 )
 
 
+def bearer_token(header: bytes) -> bytes:
+    """The credentials of an ``Authorization: Bearer <token>`` header, or b"" for any other
+    scheme. The scheme name is case-insensitive (RFC 7235 section 2.1), so ``bearer`` and
+    ``BEARER`` work as clients such as curl scripts send them."""
+    scheme, _, token = header.strip().partition(b" ")
+    if scheme.lower() != b"bearer":
+        return b""
+    return token.strip()
+
+
 class BearerAuthMiddleware:
     def __init__(
         self,
@@ -26,7 +36,7 @@ class BearerAuthMiddleware:
         public_prefixes: Iterable[str] = (),
     ) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode()
+        self.expected = api_key.encode()
         self.public_paths = frozenset(public_paths)
         self.public_prefixes = tuple(public_prefixes)
 
@@ -40,7 +50,7 @@ class BearerAuthMiddleware:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"authorization", b"")
-        if hmac.compare_digest(given, self.expected):
+        if hmac.compare_digest(bearer_token(given), self.expected):
             await self.app(scope, receive, send)
             return
         message = (

@@ -9,6 +9,7 @@ loading a valid adapter is the server's (``ResourceExhausted``, a 503 to retry l
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,12 @@ from typing import Any
 import torch
 
 from magsrl.common.errors import InvalidInput, ResourceExhausted
+
+log = logging.getLogger("magsrl.policy.hf")
+_NO_ADAPTER = (
+    "no loadable peft adapter at '{path}' (a folder readable by the server, holding "
+    "adapter_config.json and the adapter weights)"
+)
 
 
 class Adapters:
@@ -38,9 +45,7 @@ class Adapters:
             )
         folder = Path(path)
         if not (folder / "adapter_config.json").is_file():
-            raise InvalidInput(
-                f"no peft adapter at '{path}': adapter_config.json is missing", param="path"
-            )
+            raise InvalidInput(_NO_ADAPTER.format(path=path), param="path")
         return folder
 
     def attach(self, model: Any, name: str, folder: Path) -> Any:
@@ -59,9 +64,10 @@ class Adapters:
                 "retry when the server is less busy"
             ) from exc
         except Exception as exc:  # a foreign or corrupt adapter is the caller's fault
-            raise InvalidInput(
-                f"could not load the adapter at '{folder}': {exc}", param="path"
-            ) from exc
+            # The same words as for a missing folder, details only in the log: an error must
+            # not tell a caller which paths exist or what the files there hold.
+            log.warning("could not load the adapter at %s: %s", folder, exc)
+            raise InvalidInput(_NO_ADAPTER.format(path=folder), param="path") from exc
         model.eval()
         self.paths[name] = str(folder)
         return model

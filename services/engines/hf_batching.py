@@ -89,15 +89,25 @@ class BatchScheduler:
             chunk = [p for p in group[start : start + step] if not p.future.done()]
             if not chunk:
                 continue
-            try:
-                results = await loop.run_in_executor(self.executor, self.run_chunk, chunk)
-            except Exception as exc:
+            results = await loop.run_in_executor(self.executor, self._run_isolated, chunk)
+            for p, result in zip(chunk, results, strict=True):
+                if p.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    p.future.set_exception(result)
+                else:
+                    p.future.set_result(result)
+
+    def _run_isolated(self, chunk: list[Pending]) -> list[GenerationResult | BaseException]:
+        """``run_chunk``, but a request that breaks the batch fails alone: the chunk is run
+        again one request at a time, so the others still get their answers and no error
+        quotes another client's prompt. Nothing is sampled before a batch fails its checks,
+        and streaming requests always run alone, so no text is produced twice."""
+        try:
+            return list(self.run_chunk(chunk))
+        except Exception as exc:
+            if len(chunk) == 1:
                 if not isinstance(exc, InvalidInput):  # the caller's fault is not news
                     log.exception("generation failed")
-                for p in chunk:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                continue
-            for p, result in zip(chunk, results, strict=True):
-                if not p.future.done():
-                    p.future.set_result(result)
+                return [exc]
+        return [r for p in chunk for r in self._run_isolated([p])]

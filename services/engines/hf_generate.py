@@ -124,6 +124,9 @@ def _generate(
     )
     lengths = inputs["attention_mask"].sum(dim=1).tolist()
     sampling = chunk[0].request.sampling
+    for length in lengths:
+        # Each prompt on its own first: the batch's longest must not speak for the others.
+        max_new_tokens(sampling, length, lm.max_context, lm.default_max_tokens)
     max_new = max_new_tokens(sampling, max(lengths), lm.max_context, lm.default_max_tokens)
     inputs = inputs.to(lm.device)
     rows = len(chunk) * sampling.n

@@ -22,6 +22,7 @@ from magsrl.common.errors import (
     ServiceUnavailable,
     TooLarge,
     UnprocessableEntity,
+    UpstreamError,
 )
 from magsrl.common.images import to_b64
 from magsrl.engines.settings import UpstreamEngineSettings
@@ -82,7 +83,10 @@ class OpenAIEngine(Engine):
             return f"upstream {self.base_url} unreachable ({exc.__class__.__name__})"
         if resp.status_code != 200:
             return f"upstream {self.base_url}/models answered {resp.status_code}"
-        names = [m.get("id") for m in resp.json().get("data", [])]
+        try:
+            names = [m.get("id") for m in resp.json().get("data", [])]
+        except (ValueError, AttributeError, TypeError):
+            return f"upstream {self.base_url}/models answered something that is not a model list"
         if self.upstream_model not in names:
             return f"upstream does not serve '{self.upstream_model}' (it has {names})"
         self._adapters = [n for n in names if n != self.upstream_model]
@@ -153,13 +157,23 @@ class OpenAIEngine(Engine):
         started = time.perf_counter()
         resp = await self._post("/chat/completions", self._payload(request, stream=False))
         self._raise_for(resp)
-        body = resp.json()
-        completions = [_completion(choice) for choice in body["choices"]]
-        usage = body.get("usage") or {}
+        try:
+            body = resp.json()
+            choices = body["choices"]
+            if not isinstance(choices, list) or not choices:
+                raise ValueError("'choices' is empty or not a list")
+            completions = [_completion(choice) for choice in choices]
+            usage = body.get("usage") or {}
+            prompt_tokens = int(usage.get("prompt_tokens", 0))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UpstreamError(
+                f"upstream {self.base_url} answered something that is not an OpenAI chat "
+                f"completion ({exc.__class__.__name__}: {str(exc)[:200]})"
+            ) from exc
         return GenerationResult(
             completions=completions,
             prompt_token_ids=body.get("prompt_token_ids"),
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            prompt_tokens=prompt_tokens,
             engine_ms=(time.perf_counter() - started) * 1000,
             model=request.model or self.base_model,
         )
@@ -184,9 +198,9 @@ class OpenAIEngine(Engine):
                 async for line in resp.aiter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
-                    chunk = json.loads(line[len("data: ") :])
+                    chunk = _stream_chunk(line[len("data: ") :], self.base_url)
                     usage = chunk.get("usage") or usage
-                    for choice in chunk.get("choices", []):
+                    for choice in chunk.get("choices") or []:
                         i = choice["index"]
                         delta = choice.get("delta") or {}
                         text = delta.get("content") or ""
@@ -205,6 +219,13 @@ class OpenAIEngine(Engine):
                             yield StreamDelta(index=i, text=text)
         except httpx.HTTPError as exc:
             raise ServiceUnavailable(f"upstream {self.base_url} failed mid-stream: {exc}") from exc
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise UpstreamError(
+                f"upstream {self.base_url} streamed a malformed chunk "
+                f"({exc.__class__.__name__}: {str(exc)[:200]})"
+            ) from exc
+        if not texts:
+            raise UpstreamError(f"upstream {self.base_url} streamed no choices")
         completions = []
         for i in sorted(texts):
             raw = texts[i] + "".join(
@@ -244,6 +265,21 @@ class OpenAIEngine(Engine):
         if resp.status_code >= 500:
             raise ServiceUnavailable(message)
         raise upstream_refusal(resp.status_code, message, param)
+
+
+def _stream_chunk(data: str, base_url: str) -> dict[str, Any]:
+    """One SSE ``data:`` payload; an error event or anything but a JSON object is a 502."""
+    try:
+        chunk = json.loads(data)
+    except ValueError as exc:
+        raise UpstreamError(f"upstream {base_url} streamed something that is not JSON") from exc
+    if not isinstance(chunk, dict):
+        raise UpstreamError(f"upstream {base_url} streamed something that is not a JSON object")
+    if "error" in chunk:
+        error = chunk["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        raise UpstreamError(f"upstream {base_url} failed mid-stream: {message}")
+    return chunk
 
 
 def _wire_message(message: dict[str, Any]) -> dict[str, Any]:

@@ -4,15 +4,19 @@ score, and combine. Batches run with bounded concurrency and log their progress.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
+import warnings
 
 import httpx
+from PIL import Image
 from prometheus_client import CollectorRegistry, Histogram
 
-from magsrl.common.errors import APIError, BadRequest
+from magsrl.common.coords import BoxError, to_crop_box
+from magsrl.common.errors import APIError, BadRequest, UnprocessableEntity
 from magsrl.common.image_source import inline_or_url_bytes
-from magsrl.common.images import sha256_hex, to_b64
+from magsrl.common.images import oriented_size, sha256_hex, to_b64
 from magsrl.judge import heuristic
 from magsrl.judge.cache import ScoreCache, cache_key
 from magsrl.judge.config import JudgeSettings
@@ -57,6 +61,28 @@ def finish(
         version=version,
         samples=samples,
     )
+
+
+def check_bbox(bbox: list[float], data: bytes) -> None:
+    """Refuses a box that misses the image, by the rule the magnifier zooms with
+    (``to_crop_box``), so the two services agree on which boxes exist. Reads the header only;
+    undecodable bytes are left for the scorer to refuse."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # header only
+            size = oriented_size(Image.open(io.BytesIO(data)))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return
+    width, height = size
+    if width <= 0 or height <= 0:
+        return
+    norm = [bbox[0] / width, bbox[1] / height, bbox[2] / width, bbox[3] / height]
+    try:
+        to_crop_box(norm, size)
+    except BoxError as exc:
+        raise UnprocessableEntity(
+            f"bbox {bbox}: {exc}; give it in original-image pixels", param="bbox"
+        ) from exc
 
 
 class JudgeService:
@@ -105,6 +131,7 @@ class JudgeService:
             self.http,
             allowlist=self.settings.url_allowlist,
             max_bytes=self.settings.max_body_bytes,
+            timeout_s=self.settings.url_timeout_s,
         )
         if data is None:
             raise BadRequest(
@@ -117,6 +144,8 @@ class JudgeService:
     async def score(self, req: ScoreRequest, default: Method | None = None) -> ScoreResponse:
         method: Method = req.method or default or self.settings.judge_method
         data = await self._image_bytes(req)
+        if req.bbox is not None:
+            check_bbox(req.bbox, data)
         return await self._score_method(method, data, sha256_hex(data), req)
 
     async def _version(self, method: Method, req: ScoreRequest) -> str:
@@ -220,6 +249,14 @@ class JudgeService:
                     # One bad item must not lose the others' scores.
                     error = BatchItemError(
                         type=exc.error_type, message=exc.message, param=exc.param
+                    )
+                    result = BatchScoreResult(index=index, error=error)
+                except Exception as exc:  # a bug met by one item still fails that item alone
+                    log.exception("batch item %d failed: %s", index, exc)
+                    error = BatchItemError(
+                        type="internal_error",
+                        message=f"item {index} failed on an internal error; the judge log has "
+                        "details",
                     )
                     result = BatchScoreResult(index=index, error=error)
             done += 1

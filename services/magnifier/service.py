@@ -12,7 +12,7 @@ from PIL import Image
 from prometheus_client import CollectorRegistry, Counter
 
 from magsrl.common.coords import BoxError, Convention, check_box, to_crop_box, to_norm
-from magsrl.common.errors import NotFound, ServiceUnavailable, UnprocessableEntity
+from magsrl.common.errors import NotFound, PayloadTooLarge, ServiceUnavailable, UnprocessableEntity
 from magsrl.common.image_source import inline_or_url_bytes
 from magsrl.common.images import decode_image, encode_image, sha256_hex, to_b64
 from magsrl.magnifier.config import MagnifierSettings
@@ -88,6 +88,7 @@ class Magnifier:
             self.http,
             allowlist=self.settings.url_allowlist,
             max_bytes=self.settings.max_body_bytes,
+            timeout_s=self.settings.url_timeout_s,
         )
         assert data is not None  # ImageRef holds exactly one of id, b64, url
         param = "image.b64" if ref.b64 is not None else "image.url"
@@ -129,6 +130,12 @@ class Magnifier:
     # ---- zoom -----------------------------------------------------------------------
     async def zoom(self, req: ZoomRequest) -> ZoomResponse:
         t0 = time.perf_counter()
+        if len(req.boxes) > self.settings.max_boxes:
+            raise PayloadTooLarge(
+                f"{len(req.boxes)} boxes in one request, over the limit of "
+                f"{self.settings.max_boxes} (MAGSRL_MAX_BOXES); split them over several requests",
+                param="boxes",
+            )
         method, networks = self._networks_for(req.method)
         image_id, array = await self.resolve(req.image)
         height, width = array.shape[:2]
@@ -153,6 +160,7 @@ class Magnifier:
             )
             for x1, y1, x2, y2 in boxes
         ]
+        self._check_budget(plans)
         images = await asyncio.gather(
             *[
                 self._render(array[y1:y2, x1:x2], plan)
@@ -164,6 +172,7 @@ class Magnifier:
             *[asyncio.to_thread(encode_image, im, req.format, req.quality) for im in images]
         )
         t3 = time.perf_counter()
+        self._check_response_size(encoded)
         crops = []
         for box, plan, image, data in zip(boxes, plans, images, encoded, strict=True):
             self.crops_total.labels(plan.method, plan.backend or "").inc()
@@ -191,6 +200,31 @@ class Magnifier:
                 "total": round((t3 - t0) * ms, 3),
             },
         )
+
+    def _check_budget(self, plans: list[Plan]) -> None:
+        """Refuses before any pixel is upscaled: the work and memory of a request follow its
+        output pixels."""
+        total = sum(p.out_size[0] * p.out_size[1] for p in plans)
+        limit = self.settings.max_total_pixels
+        if total > limit:
+            raise PayloadTooLarge(
+                f"the crops would total {total} output pixels, over the per-request budget of "
+                f"{limit} (MAGSRL_MAX_TOTAL_PIXELS); ask for fewer boxes or a smaller "
+                "max_pixels",
+                param="max_pixels",
+            )
+
+    def _check_response_size(self, encoded: list[bytes]) -> None:
+        # Base64 takes 4 bytes per 3; the JSON around the crops is small next to them.
+        size = sum(4 * ((len(data) + 2) // 3) for data in encoded)
+        limit = self.settings.max_response_bytes
+        if size > limit:
+            raise PayloadTooLarge(
+                f"the encoded crops total {size} bytes, over the response limit of {limit} "
+                "(MAGSRL_MAX_RESPONSE_BYTES); ask for jpeg or webp, fewer boxes or a smaller "
+                "max_pixels",
+                param="format",
+            )
 
     async def _render(self, region: np.ndarray, plan: Plan) -> Image.Image:
         height, width = region.shape[:2]

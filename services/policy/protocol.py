@@ -3,14 +3,49 @@ in the OpenAI spec are marked ``# extension``."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
+# The seed goes to torch.manual_seed, which takes a signed 64-bit integer; vLLM bounds it the
+# same way (vllm/entrypoints/openai/protocol.py: Field(None, ge=_LONG_INFO.min, le=_LONG_INFO.max)).
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+# A chat request is a shallow tree (the zoom tool's schema is 6 levels deep); 300 levels of
+# tool parameters overflowed the chat template's recursion.
+MAX_JSON_DEPTH = 32
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def json_problem(value: Any, max_depth: int = MAX_JSON_DEPTH) -> str | None:
+    """Why a decoded JSON body cannot be tokenized, or None: nesting deeper than
+    ``max_depth``, or a lone UTF-16 surrogate (JSON allows "\\ud800"; UTF-8 does not).
+    Iterative, so a deep body cannot overflow the stack here either."""
+    stack: list[tuple[Any, int, str]] = [(value, 0, "")]
+    while stack:
+        item, depth, path = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _SURROGATE.search(item):
+                return (
+                    f"{path or 'body'}: the text holds a lone UTF-16 surrogate, which is not "
+                    "valid Unicode text; send UTF-8"
+                )
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        if depth >= max_depth:
+            return f"{path or 'body'}: nested deeper than {max_depth} levels"
+        if isinstance(item, dict):
+            for key, child in item.items():
+                stack.append((key, depth + 1, path))
+                stack.append((child, depth + 1, f"{path}.{key}" if path else str(key)))
+        else:
+            stack.extend((child, depth + 1, f"{path}[{i}]") for i, child in enumerate(item))
+    return None
 
 
 class ImageURL(BaseModel):
@@ -86,7 +121,7 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1, le=MAX_N)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -96,6 +131,14 @@ class ChatCompletionRequest(BaseModel):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     top_k: int | None = Field(None, ge=-1)  # extension (vLLM)
     return_token_ids: bool = False  # extension (vLLM): sampled and prompt token ids
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tokenizable(cls, data: Any) -> Any:
+        problem = json_problem(data)
+        if problem:
+            raise ValueError(problem)
+        return data
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

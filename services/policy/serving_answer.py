@@ -11,6 +11,7 @@ from magsrl.common.errors import NotFound, ServiceUnavailable
 from magsrl.common.image_source import inline_or_url_bytes
 from magsrl.common.images import decode_reduced
 from magsrl.policy.config import PolicySettings
+from magsrl.policy.serving_chat import checked_frame
 from magsrl.proto.policy import AnswerRequest, AnswerResponse
 from magsrl.zoom.engine import Engine, SamplingParams
 from magsrl.zoom.loop import LoopOptions, ZoomLoop
@@ -85,7 +86,7 @@ class AnswerService:
         image, original = decode_reduced(
             data,
             max_pixels=self.settings.max_image_pixels,
-            target=self.engine.frame_size,
+            target=checked_frame(self.engine.frame_size),
             param="image",
         )
         outcome = await self.loop.run(

@@ -3,11 +3,13 @@ calls parsed from the model's text in either protocol form, and SSE streaming.""
 
 from __future__ import annotations
 
+import json
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from magsrl.common.errors import BadRequest
+from magsrl.common.errors import APIError, BadRequest, error_body
 from magsrl.common.images import decode_b64, decode_image
 from magsrl.policy.config import PolicySettings
 from magsrl.policy.protocol import (
@@ -43,6 +45,16 @@ from magsrl.zoom.parsing import (
     to_openai_tool_call,
     to_openai_tool_calls,
 )
+
+log = logging.getLogger("magsrl.policy.chat")
+# Roles whose content may carry images: the user's, and a tool's (the zoom crops go back in
+# tool messages). The Qwen-VL chat templates render no image in a system or assistant turn,
+# so the processor then finds more images than image tokens and fails.
+IMAGE_ROLES = frozenset({"user", "tool"})
+# Qwen-VL processors refuse a more elongated image (transformers'
+# models/qwen2_vl/image_processing_qwen2_vl.py, smart_resize: "absolute aspect ratio must be
+# smaller than 200").
+MAX_ASPECT_RATIO = 200
 
 
 class ChatService:
@@ -121,6 +133,12 @@ class ChatService:
                     parts.append({"type": "text", "text": part.text})
                 else:
                     param = f"messages[{index}].content[{j}].image_url.url"
+                    if role not in IMAGE_ROLES:
+                        raise BadRequest(
+                            f"messages[{index}] is a {message.role} message with an image; "
+                            "images go in user messages (or tool results)",
+                            param=f"messages[{index}].content[{j}]",
+                        )
                     parts.append({"type": "image", "image": self._image(part.image_url.url, param)})
             out["content"] = parts
         else:
@@ -139,7 +157,9 @@ class ChatService:
                 param=param,
             )
         data = decode_b64(url, param=param)
-        return decode_image(data, max_pixels=self.settings.max_image_pixels, param=param)
+        image = decode_image(data, max_pixels=self.settings.max_image_pixels, param=param)
+        check_aspect(image.width, image.height, param)
+        return image
 
     # ---- non-streaming --------------------------------------------------------------
     async def create(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
@@ -182,6 +202,24 @@ class ChatService:
 
     # ---- streaming ------------------------------------------------------------------
     async def stream(self, req: ChatCompletionRequest) -> AsyncIterator[str]:
+        """The SSE events. Once the 200 has gone out, a failure can no longer change the
+        status: it arrives as an error event, then ``[DONE]``, as vLLM does
+        (vllm/entrypoints/openai/serving_chat.py, chat_completion_stream_generator), never as
+        a cut connection."""
+        try:
+            async for piece in self._stream(req):
+                yield piece
+        except APIError as exc:
+            yield _error_event(exc.status_code, exc.message, exc.error_type, exc.param)
+            yield "data: [DONE]\n\n"
+        except Exception as exc:
+            log.exception("streaming failed: %s", exc)
+            yield _error_event(
+                500, "internal error; the server log has details under this request id"
+            )
+            yield "data: [DONE]\n\n"
+
+    async def _stream(self, req: ChatCompletionRequest) -> AsyncIterator[str]:
         engine_request = self.to_engine_request(req)
         cid, created = completion_id(), int(time.time())
         with_tools = bool(req.tools) and req.tool_choice != "none"
@@ -289,6 +327,36 @@ class ChatService:
             )
         )
         return out
+
+
+def _error_event(
+    status: int, message: str, error_type: str | None = None, param: str | None = None
+) -> str:
+    body = error_body(status, message, error_type=error_type, param=param)
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def checked_frame(
+    frame_size: Callable[[int, int], tuple[int, int]], param: str = "image"
+) -> Callable[[int, int], tuple[int, int]]:
+    """``frame_size`` (the model's view of an image) that first refuses, with a 400, an image
+    too elongated for the processor."""
+
+    def frame(width: int, height: int) -> tuple[int, int]:
+        check_aspect(width, height, param)
+        return frame_size(width, height)
+
+    return frame
+
+
+def check_aspect(width: int, height: int, param: str) -> None:
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_ASPECT_RATIO:
+        raise BadRequest(
+            f"the image is {width}x{height}, an aspect ratio of {ratio:.0f}:1, over the "
+            f"model's limit of {MAX_ASPECT_RATIO}:1; crop or pad it",
+            param=param,
+        )
 
 
 def _logprobs(completion: Completion) -> ChoiceLogprobs | None:

@@ -62,6 +62,7 @@ class CropComparer:
             self.http,
             allowlist=self.settings.url_allowlist,
             max_bytes=self.settings.max_body_bytes,
+            timeout_s=self.settings.url_timeout_s,
         )
         timing: dict[str, float] = {}
         try:
