@@ -259,3 +259,36 @@ def test_rollout_metrics_per_round_and_by_zoom() -> None:
     assert m["box_area_mean"] == pytest.approx(0.2) and m["response_length_max"] == 50.0
     assert m["truncation_rate"] == pytest.approx(1 / 3) and m["failed_rate"] == 0.25
     assert m["reward_mean"] == 0.25  # the failure scores 0
+
+
+def test_validation_scores_the_held_out_set_with_and_without_zoom(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Pins validation that trains on its own samples, or reports one arm for both: the
+    held-out samples are the dataset's last N, never in the schedule, and each arm is its
+    own set of greedy rollouts."""
+    loop, schedule = make_loop(tmp_path, redis_url)
+    loop.config = loop.config.model_copy(
+        update={
+            "validation": loop.config.validation.model_copy(update={"every": 1, "max_samples": 3})
+        }
+    )
+    samples = schedule.samples
+    train, held = loop._split_validation(samples)
+    assert [s.id for s in held] == ["s9", "s10", "s11"] and len(train) == 9
+    loop.validation_samples = held
+
+    async def validate() -> dict[str, float]:
+        stop = asyncio.Event()
+        outcome: Outcome = lambda job: 1.0 if job.zoom == "auto" else 0.0  # noqa: E731
+        async with RolloutQueue.from_url(redis_url, loop.queue_config) as queue:
+            await queue.ensure_group()
+            worker = asyncio.create_task(scripted_worker(redis_url, loop, outcome, stop))
+            try:
+                return await loop._validate(queue, 4, 0)
+            finally:
+                stop.set()
+                await worker
+
+    metrics = asyncio.run(validate())
+    assert metrics["val_accuracy_zoom"] == 1.0 and metrics["val_accuracy_nozoom"] == 0.0
