@@ -5,8 +5,9 @@ refill groups with no reward variance with new prompts (DAPO's dynamic sampling)
 learner step, save and load the next adapter version into the policy, log, and checkpoint.
 A step with nothing to learn from publishes no new version.
 
-Steps always finish: a job the queue dead-letters becomes a failed result at once (the
-collector watches the dead-letter stream), so the step never waits out its timeout for it.
+Steps always finish: a job the queue dead-letters becomes a failed result (the collector
+watches the dead-letter stream, and allows one more ``rollout.job_timeout_s`` for a slow
+worker's late result), so the step never waits out its timeout for it.
 
 Differences from TRL's GRPOTrainer: generation happens in separate worker processes through
 Redis (so rollouts scale out and survive a learner restart), every rollout is a multi-round
@@ -17,6 +18,7 @@ fails or comes back from the wrong version, so advantages are normalised per act
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import shutil
@@ -125,6 +127,13 @@ def advantages_by_group(
                 advantages.append(a.float())
     stacked = torch.stack(advantages) if advantages else torch.zeros(0)
     return Grouped(kept=kept, advantages=stacked, varied=varied, dropped=dropped)
+
+
+def job_seed(seed: int, prefix: str, sample: int, member: int) -> int:
+    """A rollout's sampling seed, stable across processes (``hash`` of a str is not: a
+    resumed run must redraw the same episodes)."""
+    digest = hashlib.sha256(f"{seed}:{prefix}:{sample}:{member}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (2**31)
 
 
 def _reward(result: RolloutResult) -> float:
@@ -282,10 +291,6 @@ class RunLoop:
         return samples[: -val.max_samples], plain
 
     # ---- one step -------------------------------------------------------------------------
-    async def _jobs(self, schedule: Schedule, step: int, version: int) -> list[RolloutJob]:
-        batch = schedule.batch(step)
-        return await self._make_jobs(batch, batch.samples, step, version, first_index=0)
-
     async def _make_jobs(
         self,
         batch: StepBatch,
@@ -327,7 +332,7 @@ class RunLoop:
                         max_tokens=grpo.max_new_tokens,
                         temperature=grpo.temperature if temperature is None else temperature,
                         top_p=grpo.top_p,
-                        seed=hash((self.config.seed, prefix, i, g)) % (2**31),
+                        seed=job_seed(self.config.seed, prefix, i, g),
                         protocol=self.config.zoom_protocol,
                         frame_min_pixels=low,
                         frame_max_pixels=high,
@@ -341,12 +346,16 @@ class RunLoop:
 
     async def _collect(self, queue: RolloutQueue, jobs: list[RolloutJob]) -> list[RolloutResult]:
         """Every job's result. A job the queue dead-letters (K deliveries, or malformed)
-        becomes a failed result as soon as it lands in the dead-letter stream."""
+        becomes a failed result once it has been in the dead-letter stream for one more
+        ``rollout.job_timeout_s`` without a result: a worker that was slow rather than dead
+        (the janitor reclaimed its job) still gets to complete it."""
         for job in jobs:
             await queue.enqueue(job.job_id, job)  # False: a result exists (a resumed step)
         by_id = {job.job_id: job for job in jobs}
         ids = list(by_id)
         found: dict[str, RolloutResult] = {}
+        dead_since: dict[str, tuple[float, str]] = {}  # job id -> (first seen, reason)
+        grace = self.config.rollout.job_timeout_s
         deadline = time.monotonic() + self.settings.step_timeout_s
         while True:
             if self.hooks.cancelled.is_set():
@@ -357,9 +366,13 @@ class RunLoop:
                 found[job_id] = RolloutResult.model_validate(raw)
             if got.missing:
                 waiting = set(got.missing)
+                now = time.monotonic()
                 for dead in await queue.dead_letters(count=DEAD_LETTER_SCAN):
                     if dead.job_id in waiting:
-                        found[dead.job_id] = dead_result(by_id[dead.job_id], dead.reason)
+                        dead_since.setdefault(dead.job_id, (now, dead.reason))
+                for job_id, (since, reason) in dead_since.items():
+                    if job_id in waiting and now - since >= grace:
+                        found[job_id] = dead_result(by_id[job_id], reason)
             if len(found) == len(ids):
                 break
             if time.monotonic() > deadline:
