@@ -169,17 +169,18 @@ def zooms(*boxes: list[int] | None, errors: tuple[int, ...] = ()) -> list[Round]
 VALIDITY = [
     pytest.param([], 0.0, id="no-zooms"),
     pytest.param(zooms([0, 0, 50, 50]), 0.0, id="one-valid"),
-    pytest.param(zooms([0, 0, 50, 50], None, errors=(1,)), 0.5, id="one-of-two-malformed"),
+    pytest.param(zooms([0, 0, 50, 50], None, errors=(1,)), 0.25, id="one-of-two-malformed"),
     pytest.param(zooms([0, 0, 5, 5], [1, 1, 9, 9], [2, 2, 9, 9], None, errors=(3,)), 0.25, id="q"),
-    pytest.param(zooms(None), 1.0, id="box-none-without-error"),
-    pytest.param(zooms([0, 0, 5, 5], errors=(0,)), 1.0, id="error-with-box"),
+    pytest.param(zooms(None), 0.25, id="box-none-without-error"),
+    pytest.param(zooms([0, 0, 5, 5], errors=(0,)), 0.25, id="error-with-box"),
+    pytest.param(zooms(*[None] * 6, errors=(0, 1, 2, 3, 4, 5)), 1.0, id="capped-at-1"),
 ]
 
 
 @pytest.mark.parametrize(("rounds", "expected"), VALIDITY)
-def test_zoom_validity_is_the_unusable_fraction(rounds: list[Round], expected: float) -> None:
-    """Pins the penalty counting only errors (not box-less requests), or growing with the
-    number of zooms instead of staying in [0, 1]."""
+def test_zoom_validity_counts_unusable_requests(rounds: list[Round], expected: float) -> None:
+    """Pins the penalty counting only errors (not box-less requests), being a fraction that
+    valid boxes dilute, or growing past 1 (the default cap is 4 bad boxes)."""
     assert zoom_validity_penalty(rounds) == expected
 
 
@@ -200,11 +201,12 @@ def test_box_iou_exact(a: list[float], b: list[float], expected: float) -> None:
     assert box_iou(b, a) == pytest.approx(expected)
 
 
-def test_zoom_iou_is_the_best_usable_box() -> None:
-    """Pins zoom_iou averaging boxes (punishing a second look), counting an errored request's
-    box, or crashing on a sample without a bbox."""
+def test_zoom_iou_is_the_mean_best_match_of_the_requests() -> None:
+    """Pins zoom_iou taking the max (spraying boxes pays), counting an errored request's box,
+    or crashing on a sample without a bbox."""
     rounds = zooms([0, 0, 10, 10], [0, 0, 20, 20], [5, 5, 15, 15], errors=(1,))
-    assert zoom_iou_reward(rounds, [0, 0, 20, 20]) == pytest.approx(0.25)  # not the errored 1.0
+    # (0.25 + 0 for the errored one + 0.25) / 3, not the errored 1.0
+    assert zoom_iou_reward(rounds, [0, 0, 20, 20]) == pytest.approx(1 / 6)
     assert zoom_iou_reward(rounds, None) == 0.0
     assert zoom_iou_reward([Round(text=DIRECT)], [0, 0, 20, 20]) == 0.0
 
@@ -229,9 +231,9 @@ def test_token_fraction(tokens: list[list[str]], target: str, expected: float) -
 # ---- the total -----------------------------------------------------------------------
 
 
-def test_total_is_the_weighted_sum_with_the_penalty_subtracted() -> None:
+def test_total_is_the_documented_composition() -> None:
     """Pins the zoom-validity penalty added (rewarding broken boxes) or a weight applied to the
-    wrong component: every term of the documented sum checked."""
+    wrong component: every term of the documented composition checked."""
     rounds = zooms([0, 0, 10, 10], None, errors=(1,))
     weights = {"accuracy": 1.0, "format": 0.2, "zoom_validity": 0.4, "zoom_iou": 0.5}
     result = compute_reward(
@@ -246,10 +248,13 @@ def test_total_is_the_weighted_sum_with_the_penalty_subtracted() -> None:
     assert result.components == {
         "accuracy": 1.0,
         "format": 1.0,
-        "zoom_validity": 0.5,
-        "zoom_iou": pytest.approx(25 / 175),
+        "zoom_validity": 0.25,
+        "zoom_iou": pytest.approx(25 / 175 / 2),
+        "tool_bonus": 1.0,
+        "overlong": 0.0,
     }
-    assert result.total == pytest.approx(1.0 + 0.2 - 0.4 * 0.5 + 0.5 * 25 / 175)
+    assert result.total == pytest.approx(1.0 - 0.2 * 0 - 0.4 * 0.25 + 0.5 * 25 / 175 / 2)
+    assert result.primary == 1.0
 
 
 def test_a_wrong_answer_with_broken_zooms_goes_negative() -> None:
@@ -260,7 +265,7 @@ def test_a_wrong_answer_with_broken_zooms_goes_negative() -> None:
     )
     assert not result.correct
     assert result.components["format"] == 0.0
-    assert result.total == pytest.approx(-0.1)
+    assert result.total == pytest.approx(-0.1 - 0.1 * 0.25)
 
 
 def test_token_fraction_in_the_total() -> None:
@@ -280,9 +285,10 @@ def test_token_fraction_in_the_total() -> None:
 
 
 def test_missing_weights_are_zero() -> None:
-    """Pins an absent weight defaulting to something other than 0 (e.g. the config's 1.0)."""
+    """Pins an absent weight defaulting to something other than 0 (e.g. the config's 1.0):
+    a right, well-formed answer with only a format weight scores 0."""
     result = compute_reward(sample(), [], "red", [DIRECT], {"format": 1.0}, protocol="tags")
-    assert result.total == 1.0 and result.components["accuracy"] == 1.0
+    assert result.total == 0.0 and result.components["accuracy"] == 1.0
 
 
 BAD_WEIGHTS = [

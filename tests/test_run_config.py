@@ -333,6 +333,8 @@ def test_token_fraction_alone_is_a_reward_signal() -> None:
         "format": 0.0,
         "zoom_validity": 0.0,
         "zoom_iou": 0.0,
+        "tool_bonus": 0.0,
+        "overlong": 0.1,
         "token_fraction": 1.0,
     }
     assert RunConfig.model_validate_json(cfg.model_dump_json()) == cfg

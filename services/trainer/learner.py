@@ -14,10 +14,15 @@ one AdamW update. The trainer drives it::
 How it differs from TRL's GRPOTrainer:
 - No re-tokenisation: the rows are the rollout workers' sampled ids (with the template's and
   the tools' tokens as mask 0 in every round), and the images are rebuilt losslessly.
-- ``old_logps`` are the *sampler's* log-probs by default: the sampler is the behaviour policy
-  that drew the tokens. With μ = 1 the ratio starts at exp(learner - sampler), 1 up to the
-  numerical gap between the two engines, and the clip also bounds that gap. TRL uses the
-  learner's own detached log-probs (``old_logps="learner"`` here), which hides the gap.
+- The PPO ratio is taken against the learner's *own* pre-update log-probs, with dropout off
+  (``grpo.disable_dropout``, TRL's ``disable_dropout``), so an exactly on-policy batch has
+  ratio 1; the gap to the sampler (vLLM in bf16, another kernel) is corrected by truncated
+  importance sampling and optional sequence masking, as verl's rollout correction
+  (``magsrl.trainer.grpo``), and logged (``is_ratio_*``, ``mismatch_kl``). With dropout on,
+  the old log-probs and ``logprob_diff`` come from a separate dropout-off forward.
+  ``old_logps="sampler"`` (the ratio against the sampler, no correction) is an option.
+- The learning rate follows ``magsrl.trainer.optim.lr_factor`` (warmup, constant or cosine),
+  a function of the step counter, so resuming needs no scheduler state.
 - LoRA's "all-linear" means the linear layers of the language model: the vision tower and
   merger stay frozen, which is also what vLLM's runtime LoRA applies adapters to.
 - With LoRA the KL reference is the same model with the adapter disabled: no memory cost.
@@ -49,16 +54,18 @@ from magsrl.trainer.learner_batch import (
     collate,
     load_policy,
     placeholder_ids,
-    sequence_logprobs,
+    sequence_logprobs_entropy,
 )
+from magsrl.trainer.optim import lr_factor
 from magsrl.trainer.run_config import RunConfig
 from magsrl.zoom.families import END_OF_TURN
 
 OldLogps = Literal["sampler", "learner"]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")  # not copied: save_pretrained writes them
 CHECKPOINT_FORMAT = 1  # bumped when the checkpoint's layout changes
-# Metrics averaged over completion tokens (over micro-batches and passes), from grpo_loss.
-TOKEN_METRICS = ("clip_frac_low", "clip_frac_high", "clip_frac", "ratio_mean", "adv_abs_mean", "kl")
+# grpo_loss metrics that are counts (summed over micro-batches and passes); names ending in
+# _min / _max are extremes; every other one is a mean over completion tokens.
+COUNT_METRICS = frozenset({"tokens", "seq_masked", "sequences", "loss"})
 
 
 class Learner:
@@ -74,7 +81,7 @@ class Learner:
         *,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
-        old_logps: OldLogps = "sampler",
+        old_logps: OldLogps = "learner",
     ) -> None:
         """``min_pixels``/``max_pixels`` must be the policy's image bounds (its
         ``min_image_pixels``/``max_image_pixels_model``), so images become the same tokens.
@@ -118,13 +125,24 @@ class Learner:
     def _forward_logprobs(
         self, batch: Batch, model: nn.Module, temperature: float | None = None
     ) -> Tensor:
+        return self._forward(batch, model, temperature)[0]
+
+    def _forward(
+        self,
+        batch: Batch,
+        model: nn.Module,
+        temperature: float | None = None,
+        *,
+        entropy: bool = False,
+    ) -> tuple[Tensor, Tensor]:
         t = self.config.grpo.temperature if temperature is None else temperature
-        return sequence_logprobs(
+        return sequence_logprobs_entropy(
             model,
             batch.to(self.device),
             t,
             pad_id=self.pad_id,
             placeholder_ids=self.placeholder_ids,
+            entropy=entropy,
         )
 
     def logprobs(self, batch: Batch, temperature: float | None = None) -> Tensor:
@@ -161,38 +179,48 @@ class Learner:
         batch: Batch,
         advantages: Tensor,
         *,
-        old_logps: Tensor | OldLogps = "sampler",
+        old_logps: Tensor | OldLogps = "learner",
         ref_logps: Tensor | None = None,
         normaliser: float | None = None,
+        entropy: bool = False,
     ) -> tuple[Tensor, Tensor, dict[str, float]]:
         """The GRPO loss of one (micro-)batch with grad, its (B, T) log-probs, and metrics.
-        ``old_logps``: a (B, T) tensor, the sampler's (the default, see the module docstring)
-        or "learner" (these very log-probs, detached: the ratio is exactly 1)."""
-        logps = self._forward_logprobs(batch, self.model)  # (B, T)
+        ``old_logps``: a (B, T) tensor of the learner's pre-update log-probs, "learner" (these
+        very log-probs, detached: the ratio is exactly 1 when dropout is off), or "sampler"
+        (the sampler's: the ratio carries the engines' gap and no correction applies). With
+        a learner reference, the sampler's log-probs drive the rollout correction.
+        ``entropy`` adds the mean entropy over completion tokens to the metrics."""
+        logps, ent = self._forward(batch, self.model, entropy=entropy)  # (B, T)
+        sampler = batch.sampler_logprobs.to(self.device)
+        mask = batch.completion_mask.to(self.device)
         if isinstance(old_logps, Tensor):
-            old = old_logps
+            old, behaviour = old_logps.to(self.device), sampler
         elif old_logps == "learner":
-            old = logps.detach()
+            old, behaviour = logps.detach(), sampler
         else:
-            old = batch.sampler_logprobs.to(self.device)
+            old, behaviour = sampler, None
         loss, metrics = grpo_loss(
             logps,
             old,
             advantages.to(self.device),
-            batch.completion_mask.to(self.device),
+            mask,
             self.loss_config,
             ref_logps,
+            sampler_logps=behaviour,
             normaliser=normaliser,
         )
+        if entropy:
+            metrics["entropy"] = float((ent * mask).sum() / mask.sum().clamp(min=1))
         return loss, logps, metrics
 
     # ---- the optimizer step -------------------------------------------------------------
     def step(self, results: Sequence[RolloutResult], advantages: Tensor) -> dict[str, float]:
         """μ optimizer updates on ``results`` with per-sequence ``advantages`` (N,) (zero-
         variance groups already dropped by the caller, if wanted). Returns the step's metrics:
-        loss, grad_norm (before clipping), logprob_diff (mean |learner - sampler| over sampled
-        tokens, before the update; with LoRA dropout > 0 it includes the dropout noise), clip
-        fractions, ratio, kl (beta > 0), tokens, time."""
+        loss, grad_norm (before clipping), lr, logprob_diff (mean |learner - sampler| over
+        sampled tokens before the update, learner with dropout off), entropy, the PPO ratio's
+        and the learner/sampler ratio's mean/min/max, clip and correction fractions,
+        mismatch_kl, kl (beta > 0), tokens, time."""
         started = time.perf_counter()
         if len(results) != advantages.shape[0]:
             raise ValueError(f"{len(results)} results but {advantages.shape[0]} advantages")
@@ -212,13 +240,23 @@ class Learner:
         norm = batch_normaliser([b.completion_mask for b in batches], self.loss_config)
         refs = [self.ref_logprobs(b) if self.loss_config.beta > 0 else None for b in batches]
         olds: list[Tensor | OldLogps] = [self.old_logps] * len(batches)
-        if self.old_logps == "learner" and grpo.num_iterations > 1:
-            # Fixed before the first update, so later passes compare against it.
+        if self.old_logps == "learner" and (grpo.num_iterations > 1 or not grpo.disable_dropout):
+            # Fixed before the first update, with dropout off, so later passes (and a
+            # dropout-on gradient forward) compare against the policy that was.
             olds = [self.logprobs(b) for b in batches]
 
-        sums: dict[str, float] = {}
+        lr = grpo.learning_rate * lr_factor(
+            self.step_count,
+            self.config.steps,
+            grpo.warmup_steps,
+            grpo.lr_schedule,
+            grpo.min_lr_ratio,
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        totals: dict[str, float] = {}
         weight = 0.0
-        diff_sum = diff_max = loss_sum = grad_sum = 0.0
+        diff_sum = diff_max = grad_sum = 0.0
         params = self.trainable_parameters()
         max_norm = grpo.max_grad_norm if grpo.max_grad_norm > 0 else float("inf")
         self.model.train()
@@ -226,16 +264,14 @@ class Learner:
             self.optimizer.zero_grad(set_to_none=True)
             for batch, adv, ref, old in zip(batches, advs, refs, olds, strict=True):
                 loss, logps, m = self.loss(
-                    batch, adv, old_logps=old, ref_logps=ref, normaliser=norm
+                    batch, adv, old_logps=old, ref_logps=ref, normaliser=norm, entropy=it == 0
                 )
                 loss.backward()
-                loss_sum += m["loss"]
                 weight += m["tokens"]
-                for name in TOKEN_METRICS:
-                    if name in m:
-                        sums[name] = sums.get(name, 0.0) + m[name] * m["tokens"]
-                if it == 0:
-                    diff_sum, diff_max = _accumulate_diff(logps, batch, diff_sum, diff_max)
+                _accumulate(totals, m)
+                if it == 0:  # the learner's pre-update, dropout-off log-probs vs the sampler
+                    first = old if isinstance(old, Tensor) else logps
+                    diff_sum, diff_max = _accumulate_diff(first, batch, diff_sum, diff_max)
             grad_sum += float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -243,18 +279,29 @@ class Learner:
 
         passes = grpo.num_iterations
         tokens = sum(b.completion_tokens for b in batches)
-        metrics = {name: total / max(weight, 1.0) for name, total in sums.items()}
+        first_pass_tokens = float(max(tokens, 1))
+        metrics: dict[str, float] = {}
+        for name, total in totals.items():
+            if name.endswith(("_min", "_max")) or name in COUNT_METRICS:
+                metrics[name] = total
+            elif name == "entropy":  # first pass only
+                metrics[name] = total / first_pass_tokens
+            else:
+                metrics[name] = total / max(weight, 1.0)
         metrics.update(
-            loss=loss_sum / passes,
+            loss=totals.get("loss", 0.0) / passes,
             grad_norm=grad_sum / passes,
             logprob_diff=diff_sum / max(tokens, 1),
             logprob_diff_max=diff_max,
             tokens=float(tokens),
             sequences=float(len(results)),
-            lr=float(self.optimizer.param_groups[0]["lr"]),
+            lr=lr,
             step=float(self.step_count),
             step_time_s=time.perf_counter() - started,
         )
+        if "seq_masked" in totals:
+            metrics["seq_masked_frac"] = totals["seq_masked"] / max(totals["sequences"], 1.0)
+            del metrics["seq_masked"]
         return metrics
 
     # ---- saving -------------------------------------------------------------------------
@@ -284,6 +331,20 @@ class Learner:
             Path(path), dict(self.model.named_parameters()), self.optimizer
         )
         return extra
+
+
+def _accumulate(totals: dict[str, float], m: dict[str, float]) -> None:
+    """Folds one micro-batch's grpo_loss metrics into ``totals``: extremes by min/max, counts
+    by sum, means weighted by the micro-batch's tokens."""
+    for name, value in m.items():
+        if name.endswith("_min"):
+            totals[name] = min(totals.get(name, value), value)
+        elif name.endswith("_max"):
+            totals[name] = max(totals.get(name, value), value)
+        elif name in COUNT_METRICS:
+            totals[name] = totals.get(name, 0.0) + value
+        else:
+            totals[name] = totals.get(name, 0.0) + value * m["tokens"]
 
 
 def _accumulate_diff(

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from magsrl.models.loading import load_model
 from magsrl.proto.rollout import RolloutResult
-from magsrl.trainer.grpo import token_logprobs
+from magsrl.trainer.grpo import token_logprobs_entropy
 from magsrl.trainer.run_config import RunConfig
 from magsrl.trainer.trajectory import decode_images
 
@@ -83,8 +83,47 @@ def load_policy(
         )
     elif config.grpo.beta > 0:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
+    if config.grpo.disable_dropout:
+        disable_dropout(model)
+    if use_gradient_checkpointing(config, device):
+        enable_checkpointing(model)
     model.train()
     return model, reference
+
+
+def disable_dropout(model: nn.Module) -> int:
+    """Sets every ``nn.Dropout``'s p to 0 (LoRA's included), as TRL's ``disable_dropout_in_model``
+    (trl/trainer/utils.py): the model stays in train mode, so gradient checkpointing, which
+    transformers runs only in training mode, still works. Returns how many were changed."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout) and module.p > 0:
+            module.p = 0.0
+            changed += 1
+    return changed
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Activation checkpointing, non-reentrant (it works with frozen inputs, as under LoRA,
+    without enable_input_require_grads). transformers 5.2x renamed the method; older ones
+    (the GPU image's) only have ``gradient_checkpointing_enable``."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def checkpointing_active(model: nn.Module) -> bool:
+    """Whether any module of ``model`` recomputes its activations in backward."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
+def use_gradient_checkpointing(config: RunConfig, device: torch.device) -> bool:
+    """grpo.gradient_checkpointing: on, off, or auto (on for cuda, where memory is the limit;
+    off on CPU, where the recompute only costs time)."""
+    setting = config.grpo.gradient_checkpointing
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
 def placeholder_ids(model: nn.Module) -> list[int]:
@@ -269,6 +308,22 @@ def sequence_logprobs(
     """(B, T) log-probs of each token of ``batch`` (on the model's device) given the tokens
     before it, under ``softmax(logits / temperature)``; 0 at position 0 and everywhere before
     the batch's first sampled token. Runs in the model's current mode; autograd if enabled."""
+    return sequence_logprobs_entropy(
+        model, batch, temperature, pad_id=pad_id, placeholder_ids=placeholder_ids, entropy=False
+    )[0]
+
+
+def sequence_logprobs_entropy(
+    model: nn.Module,
+    batch: Batch,
+    temperature: float,
+    *,
+    pad_id: int,
+    placeholder_ids: Sequence[int],
+    entropy: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """``sequence_logprobs`` and the (B, T) entropy of the policy at each token's position
+    (no gradient; 0 where no logits were computed, or everywhere when ``entropy`` is False)."""
     ids = batch.input_ids  # (B, T)
     sampled_at = batch.completion_mask.bool().any(dim=0).nonzero()
     # Logits only from the first sampled position on: the prompt (mostly image tokens) needs
@@ -286,5 +341,5 @@ def sequence_logprobs(
             logits_to_keep=ids.shape[1] - first + 1,
         )
     logits = out.logits[:, :-1]  # (B, T - first, V): position t - 1 predicts token t
-    scored = token_logprobs(logits, ids[:, first:], temperature)  # (B, T - first)
-    return nn.functional.pad(scored, (first, 0))  # (B, T)
+    scored, ent = token_logprobs_entropy(logits, ids[:, first:], temperature, entropy=entropy)
+    return nn.functional.pad(scored, (first, 0)), nn.functional.pad(ent, (first, 0))  # (B, T)

@@ -10,7 +10,27 @@ from typing import Any
 
 log = logging.getLogger("magsrl.trainer")
 
-PLOTTED = ("reward_mean", "accuracy", "zoom_rate", "kl", "loss")
+PLOTTED = (
+    "reward_mean",
+    "accuracy",
+    "zoom_rate",
+    "kl",
+    "loss",
+    # instruments of issue 14: policy, mismatch, optimisation, lengths, held-out accuracy
+    "entropy",
+    "grad_norm",
+    "lr",
+    "ratio_max",
+    "is_ratio_max",
+    "mismatch_kl",
+    "corrected_frac",
+    "completion_tokens",
+    "truncation_rate",
+    "accuracy_zoomed",
+    "accuracy_direct",
+    "val_accuracy_zoom",
+    "val_accuracy_nozoom",
+)
 
 
 class MetricsLog:

@@ -1,29 +1,41 @@
 """Reward components of an episode, as small pure functions, and ``compute_reward``, which
-weighs them into the scalar GRPO compares within a group. The rollout worker calls it on
+composes them into the scalar GRPO compares within a group. The rollout worker calls it on
 the zoom loop's outcome.
+
+The composition (docs/trainer.md, "Rewards"): **accuracy drives the advantage; shaping terms
+are penalties, or bonuses paid only when the answer is right.**
+
+    total = w_acc * accuracy + w_tok * token_fraction                  (primary)
+          - w_fmt * (1 - format) - w_zv * zoom_validity - w_ol * overlong   (penalties)
+          + [correct] * (w_iou * zoom_iou + w_tool * tool_bonus)       (bonuses)
+
+With penalty weights summing below ``w_acc`` (``RewardWeights`` checks it), every right
+answer outscores every wrong one in a group, and bonuses cannot make a wrong answer pay.
+The trainer divides advantages by the group std of the primary part only
+(``grpo.composed_advantages``), so shaping moves advantages at its own scale.
 
 Each component is unweighted and in [0, 1]:
 
 - ``accuracy``: 1 when the dataset's scorer (``magsrl.data.scorers.score``) accepts the final
-  answer, else 0.
-- ``format``: the mean over the episode's rounds of a per-round 0/1 check. A round passes when
-  ``parse_turn`` finds it well formed (think/rethink reasoning, ``<zoom>`` only inside
-  ``<think>``, no stray text, an answer or a zoom request but not both...), every zoom request
-  in it uses the run's protocol (``<zoom>`` tags for ``tags``, ``<tool_call>`` for ``tools``),
-  and, for the last round, it holds a non-empty ``<answer>``. Under ``zoom="force"`` the first
-  round is MGPO's grounding turn, which the prompt asks to be nothing but a zoom request: it
-  passes with a bare request and fails without one.
-- ``zoom_validity``: the fraction of zoom requests the loop could not use (``Zoom.error`` set
-  or no box: malformed, empty after clamping, outside the image); 0 with no zooms. It is a
-  penalty: ``compute_reward`` subtracts it. An unreadable request also fails ``format``;
-  a readable but invalid box only costs here.
-- ``zoom_iou``: the best IoU between a usable zoom box and ``sample.bbox``, both in original
-  pixels; 0 with no usable zoom or no bbox.
-- ``token_fraction``: the fraction of completion tokens exactly equal to ``target_token``
-  (0 with no tokens). A debugging reward a tiny model learns on CPU in a few dozen steps.
-
-``total = Σ w·c`` over the rewarding components ``- w_zoom_validity · zoom_validity``, the same
-sum ``RewardWeights`` documents; every weight is >= 0.
+  answer and that answer sat in the protocol's answer slot (``<answer>`` in both protocols);
+  ``RewardOptions.answer_slot="free_text"`` scores any reply (free-text datasets).
+- ``format``: the fraction of rounds that pass a per-round check. A round passes when
+  ``parse_turn`` finds it well formed, every zoom request uses the run's protocol, it asked
+  for no more boxes than the loop's per-round limit (the loop drops the rest), and, for the
+  last round, it holds a non-empty ``<answer>``. Under ``zoom="force"`` the first round is
+  MGPO's grounding turn: it passes with a bare request and fails without one.
+- ``zoom_validity``: bad boxes *counted*, ``min(bad, bad_box_cap) / bad_box_cap``: requests
+  the loop could not use (error or no box), degenerate ones (covering at least
+  ``degenerate_box_area`` of the image), and requests over the per-round limit. A count, so
+  adding valid boxes never dilutes it.
+- ``zoom_iou``: the boxes as a set: the mean over every requested box of its best IoU with
+  the dataset's boxes (unusable requests count 0), so spraying boxes does not pay.
+- ``tool_bonus``: 1 when the episode made at least one usable zoom (DeepEyes' conditional
+  tool reward, paid only with a right answer).
+- ``overlong``: 1 when a round was cut by ``max_tokens`` (weighted only under
+  ``grpo.overlong: penalty``).
+- ``token_fraction``: the fraction of completion tokens equal to ``target_token``: a
+  debugging reward a tiny model learns on CPU in a few dozen steps.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ from typing import Literal
 from magsrl.data.sample import Sample
 from magsrl.data.scorers import score
 from magsrl.proto.policy import Round
+from magsrl.proto.rollout import RewardOptions
 from magsrl.zoom.parsing import ParsedTurn, parse_turn
 
 __all__ = [
@@ -43,10 +56,12 @@ __all__ = [
     "PENALTIES",
     "Protocol",
     "RewardBreakdown",
+    "RewardOptions",
     "accuracy_reward",
     "box_iou",
     "compute_reward",
     "format_reward",
+    "primary_reward",
     "round_format_issues",
     "token_fraction_reward",
     "zoom_iou_reward",
@@ -56,9 +71,21 @@ __all__ = [
 Protocol = Literal["tags", "tools"]
 ZoomMode = Literal["auto", "off", "force"]
 
-COMPONENTS: tuple[str, ...] = ("accuracy", "format", "zoom_validity", "zoom_iou", "token_fraction")
-# Components subtracted from the total rather than added (their weights are still >= 0).
-PENALTIES: frozenset[str] = frozenset({"zoom_validity"})
+COMPONENTS: tuple[str, ...] = (
+    "accuracy",
+    "format",
+    "zoom_validity",
+    "zoom_iou",
+    "token_fraction",
+    "tool_bonus",
+    "overlong",
+)
+# The primary reward: what the answer is worth. The group std of advantages comes from it.
+PRIMARY: tuple[str, ...] = ("accuracy", "token_fraction")
+# Penalties (weights >= 0, subtracted): format counts its failing share, the others as is.
+PENALTIES: frozenset[str] = frozenset({"format", "zoom_validity", "overlong"})
+# Bonuses paid only when the answer is right, so a wrong answer never earns by zooming.
+IF_CORRECT: frozenset[str] = frozenset({"zoom_iou", "tool_bonus"})
 
 # The zoom-request form each protocol asks the model for (ZoomCall.source).
 _PROTOCOL_SOURCE: dict[str, str] = {"tags": "tag", "tools": "tool_call"}
@@ -74,6 +101,7 @@ class RewardBreakdown:
     total: float
     components: dict[str, float] = field(default_factory=dict)
     correct: bool = False
+    primary: float = 0.0  # the primary part of total (accuracy, token_fraction)
 
 
 # ---- components ------------------------------------------------------------------------
@@ -111,27 +139,63 @@ def round_format_issues(
 
 
 def format_reward(
-    completion_texts: Sequence[str], protocol: Protocol, zoom_mode: ZoomMode = "auto"
+    completion_texts: Sequence[str],
+    protocol: Protocol,
+    zoom_mode: ZoomMode = "auto",
+    zooms_over_limit: Sequence[int] = (),
 ) -> float:
-    """The fraction of rounds that pass ``round_format_issues``; 0 with no rounds."""
+    """The fraction of rounds that pass ``round_format_issues`` and asked for no more boxes
+    than the loop's limit (``zooms_over_limit[k]`` > 0: round k asked for too many, and the
+    loop dropped the rest); 0 with no rounds."""
     if not completion_texts:
         return 0.0
     last = len(completion_texts) - 1
     # A one-round episode under force skipped the grounding turn: it fails either way.
     forced = zoom_mode == "force"
+    over = list(zooms_over_limit) + [0] * (len(completion_texts) - len(zooms_over_limit))
     passed = sum(
         not round_format_issues(text, protocol, final=i == last, forced=forced and i == 0)
+        and over[i] == 0
         for i, text in enumerate(completion_texts)
     )
     return passed / len(completion_texts)
 
 
-def zoom_validity_penalty(rounds: Sequence[Round]) -> float:
-    """The fraction of zoom requests that were unusable (error or no box); 0 with none."""
-    zooms = [zoom for r in rounds for zoom in r.zooms]
-    if not zooms:
-        return 0.0
-    return sum(z.error is not None or z.box is None for z in zooms) / len(zooms)
+def _area(box: Sequence[float]) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
+def bad_boxes(
+    rounds: Sequence[Round],
+    image_size: tuple[int, int] | None,
+    options: RewardOptions,
+    zooms_over_limit: Sequence[int] = (),
+) -> int:
+    """How many requested boxes were bad: unusable (error or no box), degenerate (covering at
+    least ``options.degenerate_box_area`` of the image; needs ``image_size``), or over the
+    loop's per-round limit (never zoomed)."""
+    image_area = image_size[0] * image_size[1] if image_size else 0
+    bad = sum(zooms_over_limit)
+    for zoom in (z for r in rounds for z in r.zooms):
+        unusable = zoom.error is not None or zoom.box is None
+        whole = bool(image_area) and _area(zoom.box or [0, 0, 0, 0]) >= (
+            options.degenerate_box_area * image_area
+        )
+        bad += unusable or whole
+    return bad
+
+
+def zoom_validity_penalty(
+    rounds: Sequence[Round],
+    image_size: tuple[int, int] | None = None,
+    options: RewardOptions | None = None,
+    zooms_over_limit: Sequence[int] = (),
+) -> float:
+    """``min(bad boxes, cap) / cap`` (see ``bad_boxes``): a count, not a fraction, so valid
+    boxes do not dilute bad ones; 0 with no bad box."""
+    opts = options or RewardOptions()
+    bad = bad_boxes(rounds, image_size, opts, zooms_over_limit)
+    return min(bad, opts.bad_box_cap) / opts.bad_box_cap
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -146,12 +210,34 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def zoom_iou_reward(rounds: Sequence[Round], bbox: Sequence[float] | None) -> float:
-    """The best IoU of any usable zoom box (original pixels) with ``bbox``; 0 without either."""
-    if bbox is None:
+def zoom_iou_reward(
+    rounds: Sequence[Round],
+    bbox: Sequence[float] | Sequence[Sequence[float]] | None,
+    zooms_over_limit: Sequence[int] = (),
+) -> float:
+    """The requested boxes scored as a set: the mean, over every requested box, of its best
+    IoU with the target box(es) (original pixels). Unusable and dropped requests count 0, so
+    four sprayed boxes score a quarter of one good box. 0 without a target or a request."""
+    if bbox is None or len(bbox) == 0:
         return 0.0
-    boxes = [z.box for r in rounds for z in r.zooms if z.error is None and z.box is not None]
-    return max((box_iou(box, bbox) for box in boxes), default=0.0)
+    targets: list[Sequence[float]] = (
+        [bbox] if isinstance(bbox[0], (int, float)) else list(bbox)  # type: ignore[list-item]
+    )
+    zooms = [z for r in rounds for z in r.zooms]
+    requested = len(zooms) + sum(zooms_over_limit)
+    if not requested:
+        return 0.0
+    scores = [
+        max(box_iou(z.box, t) for t in targets)
+        for z in zooms
+        if z.error is None and z.box is not None
+    ]
+    return sum(scores) / requested
+
+
+def answer_in_slot(completion_texts: Sequence[str]) -> bool:
+    """The last round holds a non-empty ``<answer>`` (the answer slot of both protocols)."""
+    return bool(completion_texts) and bool(parse_turn(completion_texts[-1]).answer)
 
 
 def token_fraction_reward(completion_tokens: Sequence[Sequence[str]], target_token: str) -> float:
@@ -181,6 +267,11 @@ def _check_weights(weights: Mapping[str, float]) -> None:
             )
 
 
+def primary_reward(components: Mapping[str, float], weights: Mapping[str, float]) -> float:
+    """The primary part of a total: what the answer is worth (accuracy, token_fraction)."""
+    return sum(weights.get(name, 0.0) * components.get(name, 0.0) for name in PRIMARY)
+
+
 def compute_reward(
     sample: Sample,
     rounds: list[Round],
@@ -192,23 +283,36 @@ def compute_reward(
     target_token: str | None = None,
     completion_tokens: list[list[str]] | None = None,
     zoom_mode: ZoomMode = "auto",
+    options: RewardOptions | None = None,
+    image_size: tuple[int, int] | None = None,
+    zooms_over_limit: Sequence[int] = (),
+    truncated: bool = False,
 ) -> RewardBreakdown:
-    """The episode's reward: every computable component, unweighted, and their weighted sum.
+    """The episode's reward: every computable component, unweighted, and their composition
+    (module docstring).
 
     ``rounds`` are the zoom loop's rounds (their zooms, boxes in original pixels);
     ``completion_texts`` the model's text of each round; ``answer`` the final answer;
     ``completion_tokens`` the sampled tokens of each round as strings, needed for
     ``token_fraction`` (computed whenever ``target_token`` is set). ``zoom_mode`` is the job's
-    zoom mode (``force`` changes what a well-formed first round is). A weight missing from
-    ``weights`` is 0; an unknown name, or a weight < 0, raises ValueError.
+    zoom mode (``force`` changes what a well-formed first round is). ``image_size`` (original
+    pixels) finds degenerate boxes; ``zooms_over_limit`` is the loop's per-round count of
+    requests it dropped (``LoopOutcome.zooms_over_limit``); ``truncated``: a round was cut by
+    ``max_tokens``. A weight missing from ``weights`` is 0; an unknown name, or a weight
+    < 0, raises ValueError.
     """
     _check_weights(weights)
-    correct = accuracy_reward(sample, answer) == 1.0
+    opts = options or RewardOptions()
+    in_slot = opts.answer_slot == "free_text" or answer_in_slot(completion_texts)
+    correct = in_slot and accuracy_reward(sample, answer) == 1.0
+    zoomed = any(z.error is None and z.box is not None for r in rounds for z in r.zooms)
     components: dict[str, float] = {
         "accuracy": float(correct),
-        "format": format_reward(completion_texts, protocol, zoom_mode),
-        "zoom_validity": zoom_validity_penalty(rounds),
-        "zoom_iou": zoom_iou_reward(rounds, sample.bbox),
+        "format": format_reward(completion_texts, protocol, zoom_mode, zooms_over_limit),
+        "zoom_validity": zoom_validity_penalty(rounds, image_size, opts, zooms_over_limit),
+        "zoom_iou": zoom_iou_reward(rounds, sample.bbox, zooms_over_limit),
+        "tool_bonus": float(zoomed),
+        "overlong": float(truncated),
     }
     if target_token is not None:
         if completion_tokens is None:
@@ -219,8 +323,14 @@ def compute_reward(
         components["token_fraction"] = token_fraction_reward(completion_tokens, target_token)
     elif weights.get("token_fraction", 0.0) > 0:
         raise ValueError("the token_fraction reward is weighted but target_token is unset")
-    total = 0.0
+    primary = primary_reward(components, weights)
+    total = primary
     for name, value in components.items():
         weight = weights.get(name, 0.0)
-        total += -weight * value if name in PENALTIES else weight * value
-    return RewardBreakdown(total=total, components=components, correct=correct)
+        if name == "format":
+            total -= weight * (1.0 - value)  # the failing share of rounds
+        elif name in PENALTIES:
+            total -= weight * value
+        elif name in IF_CORRECT and correct:
+            total += weight * value
+    return RewardBreakdown(total=total, components=components, correct=correct, primary=primary)

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from magsrl.proto.policy import MAX_ROUNDS_LIMIT
+from magsrl.proto.rollout import RewardOptions
 
 if TYPE_CHECKING:
     from magsrl.trainer.grpo import LossConfig
@@ -87,6 +88,59 @@ class GRPOSettings(_Strict):
     num_iterations: int = Field(
         1, ge=1, le=16, description="μ: policy updates per batch of rollouts (1: on-policy)."
     )
+    # ---- rollout/train mismatch correction (docs/trainer.md, "Off-policy correction") ----
+    clip_ratio_c: float | None = Field(
+        3.0,
+        gt=1,
+        description="Dual clip: with A < 0 a token's loss is at most -A * clip_ratio_c "
+        "(verl's clip_ratio_c, 3); null turns it off.",
+    )
+    tis_cap: float | None = Field(
+        2.0,
+        ge=1,
+        description="Truncated importance sampling: each token's surrogate is weighted by "
+        "min(learner/sampler ratio, tis_cap) (verl's tis_imp_ratio_cap / rollout_is_threshold, "
+        "2); null turns it off.",
+    )
+    seq_mask_threshold: float | None = Field(
+        None,
+        gt=1,
+        description="Mask sequences whose geometric-mean learner/sampler ratio is outside "
+        "[1/t, t] (verl's geometric rejection; verl suggests 1.0002-1.001); null is off.",
+    )
+    disable_dropout: bool = Field(
+        True,
+        description="Every learner forward runs with dropout off, so an on-policy ratio is "
+        "exactly 1 and logprob_diff measures the engines, not dropout noise (TRL's "
+        "disable_dropout). False keeps LoRA dropout in the gradient forward.",
+    )
+    # ---- dynamic sampling, failures, overlong episodes ----
+    max_refills: int = Field(
+        2,
+        ge=0,
+        le=16,
+        description="Dynamic sampling (DAPO): rounds of new prompts drawn to replace groups "
+        "with no reward variance, per step; 0 is off.",
+    )
+    overlong: Literal["keep", "mask", "penalty"] = Field(
+        "keep",
+        description="Episodes cut by max_new_tokens: keep (TRL, verl default); mask: no loss "
+        "(DAPO's overlong filtering, TRL mask_truncated_completions); penalty: subtract "
+        "rewards.overlong.",
+    )
+    # ---- optimisation ----
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="After warmup: constant, or cosine decay to min_lr_ratio * lr."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warmup, in steps.")
+    min_lr_ratio: float = Field(
+        0.0, ge=0, le=1, description="Cosine's floor, as a fraction of learning_rate."
+    )
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Recompute activations in backward (less memory, ~30% more compute); "
+        "auto: on for cuda, off on CPU.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -117,18 +171,41 @@ class GRPOSettings(_Strict):
         return self.prompts_per_step * self.group_size
 
 
+# RewardWeights fields that are options of the scoring, not weights of a component.
+_REWARD_OPTIONS = ("answer_slot", "degenerate_box_area", "bad_box_cap")
+
+
 class RewardWeights(_Strict):
-    """The reward is ``accuracy * acc + format * fmt - zoom_validity * invalid + zoom_iou * iou
-    + token_fraction * tok`` (each component in [0, 1], see ``magsrl.trainer.rewards``): every
-    weight is >= 0; the penalty's sign comes from its place in that sum."""
+    """The reward composition (``magsrl.trainer.rewards``; components in [0, 1]):
+    ``accuracy * acc + token_fraction * tok`` (primary), minus ``format * (1 - fmt)``,
+    ``zoom_validity * bad`` and ``overlong * cut`` (penalties), plus, only with a right
+    answer, ``zoom_iou * iou + tool_bonus * zoomed``. Every weight is >= 0, and the
+    penalties sum below ``accuracy``, so a right answer always outscores a wrong one."""
 
     accuracy: float = Field(1.0, ge=0, description="Answer accuracy, by the dataset's scorer.")
-    format: float = Field(0.1, ge=0, description="Well-formed tags or tool calls.")
+    format: float = Field(
+        0.1, ge=0, description="Penalty x the share of rounds that are not well formed."
+    )
     zoom_validity: float = Field(
-        0.1, ge=0, description="Penalty (subtracted) x the fraction of unusable zoom requests."
+        0.1,
+        ge=0,
+        description="Penalty x bad boxes (invalid, near-whole-image, over the per-round "
+        "limit), counted up to bad_box_cap.",
     )
     zoom_iou: float = Field(
-        0.0, ge=0, description="IoU of zoom boxes with the dataset's box; 0 is off."
+        0.0,
+        ge=0,
+        description="Bonus (right answers only) x mean best-match IoU of the boxes with the "
+        "dataset's box; 0 is off.",
+    )
+    tool_bonus: float = Field(
+        0.0,
+        ge=0,
+        description="Bonus when the episode zoomed and the answer is right (DeepEyes' "
+        "conditional tool reward); 0 is off.",
+    )
+    overlong: float = Field(
+        0.1, ge=0, description="Penalty for an episode cut by max_new_tokens (overlong: penalty)."
     )
     token_fraction: float = Field(
         0.0, ge=0, description="Fraction of completion tokens equal to target_token (debug)."
@@ -136,11 +213,29 @@ class RewardWeights(_Strict):
     target_token: str | None = Field(
         None, min_length=1, description="The token token_fraction counts (needed when it is > 0)."
     )
+    answer_slot: Literal["required", "free_text"] = Field(
+        "required",
+        description="required: an answer counts only inside <answer>; free_text: any reply.",
+    )
+    degenerate_box_area: float = Field(
+        0.9, gt=0, le=1, description="A box covering this share of the image is degenerate."
+    )
+    bad_box_cap: int = Field(
+        4, ge=1, le=64, description="Bad boxes counted up to this many (then the full penalty)."
+    )
 
     @model_validator(mode="after")
     def _some_signal(self) -> Self:
-        if not any(self.weights().values()):
+        # overlong is left out: it only weighs under grpo.overlong: penalty.
+        if not any(v for k, v in self.weights().items() if k != "overlong"):
             raise ValueError("rewards are all 0, so every advantage is 0: set rewards.accuracy > 0")
+        penalties = self.format + self.zoom_validity + self.overlong
+        if self.accuracy > 0 and penalties >= self.accuracy:
+            raise ValueError(
+                f"rewards.format + zoom_validity + overlong = {penalties:g} is not below "
+                f"rewards.accuracy = {self.accuracy:g}: a wrong answer could then outscore a "
+                "right one; lower the penalties (e.g. 0.1 each)"
+            )
         if self.token_fraction > 0 and self.target_token is None:
             raise ValueError(
                 f"rewards.token_fraction={self.token_fraction} counts tokens equal to "
@@ -150,8 +245,12 @@ class RewardWeights(_Strict):
 
     def weights(self) -> dict[str, float]:
         """Component name -> weight, as ``RolloutJob.rewards`` and ``compute_reward`` take them
-        (``target_token`` travels separately)."""
-        return self.model_dump(exclude={"target_token"})
+        (``target_token`` and the options travel separately)."""
+        return self.model_dump(exclude={"target_token", *_REWARD_OPTIONS})
+
+    def options(self) -> RewardOptions:
+        """The scoring options, as ``RolloutJob.reward_options`` carries them."""
+        return RewardOptions(**self.model_dump(include=set(_REWARD_OPTIONS)))
 
 
 class LoraSettings(_Strict):
@@ -270,6 +369,21 @@ class RolloutSettings(_Strict):
         return self
 
 
+class ValidationSettings(_Strict):
+    """A held-out set scored during training: every ``every`` steps, each sample once with
+    zoom and once without (greedy), through the same rollout workers; never trained on."""
+
+    every: int = Field(0, ge=0, description="Steps between validations; 0 is off.")
+    dataset: str | None = Field(
+        None, min_length=1, description="Validation file (path); unset: hold out from dataset."
+    )
+    dataset_kind: str = Field("auto", pattern=r"^[a-z0-9_.-]+$", description="Its loader.")
+    max_samples: int = Field(
+        16, ge=1, le=4096, description="Samples scored (held out: the dataset's last N)."
+    )
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature (0: greedy).")
+
+
 class RunConfig(_Strict):
     """A training run. Only ``name``, ``model`` and ``dataset`` are required."""
 
@@ -303,6 +417,9 @@ class RunConfig(_Strict):
     )
     rollout: RolloutSettings = Field(
         default_factory=RolloutSettings, description="Rollout queue and workers."
+    )
+    validation: ValidationSettings = Field(
+        default_factory=ValidationSettings, description="Held-out accuracy during training."
     )
 
     @field_validator("name")
@@ -387,8 +504,26 @@ class RunConfig(_Strict):
     def loss_config(self) -> LossConfig:
         from magsrl.trainer.grpo import LossConfig  # lazy: keep torch out of config clients
 
-        same = self.grpo.model_dump(include={"eps_low", "eps_high", "beta", "loss_aggregation"})
+        same = self.grpo.model_dump(
+            include={
+                "eps_low",
+                "eps_high",
+                "beta",
+                "loss_aggregation",
+                "clip_ratio_c",
+                "tis_cap",
+                "seq_mask_threshold",
+            }
+        )
         return LossConfig(**same, max_completion_length=self.max_completion_length)
+
+    def job_weights(self) -> dict[str, float]:
+        """The reward weights a rollout job carries: ``overlong`` only under grpo.overlong:
+        penalty (mask and keep handle truncation in the learner, not in the reward)."""
+        weights = self.rewards.weights()
+        if self.grpo.overlong != "penalty":
+            weights["overlong"] = 0.0
+        return weights
 
     def caveats(self) -> list[str]:
         """Valid but costly or surprising choices, for the trainer to log with the run."""

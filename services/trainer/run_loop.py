@@ -1,7 +1,13 @@
 """One training run, step by step: draw the step's samples from the curriculum schedule,
 enqueue G rollout jobs per sample at the current adapter version, wait for the workers'
-results, drop stale and failed ones, compute group advantages, take a learner step, save
-and load the next adapter version into the policy, log, and checkpoint.
+results, drop stale ones, score failed ones (reward 0, counted), compute group advantages,
+refill groups with no reward variance with new prompts (DAPO's dynamic sampling), take a
+learner step, save and load the next adapter version into the policy, log, and checkpoint.
+A step with nothing to learn from publishes no new version.
+
+Steps always finish: a job the queue dead-letters becomes a failed result (the collector
+watches the dead-letter stream, and allows one more ``rollout.job_timeout_s`` for a slow
+worker's late result), so the step never waits out its timeout for it.
 
 Differences from TRL's GRPOTrainer: generation happens in separate worker processes through
 Redis (so rollouts scale out and survive a learner restart), every rollout is a multi-round
@@ -12,9 +18,10 @@ fails or comes back from the wrong version, so advantages are normalised per act
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import random
 import shutil
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,17 +33,21 @@ import torch
 
 from magsrl.clients.magnifier import MagnifierClient
 from magsrl.common.remote import remote_error
+from magsrl.data.sample import Sample
 from magsrl.proto.rollout import RolloutJob, RolloutResult
 from magsrl.trainer.config import TrainerSettings
-from magsrl.trainer.grpo import group_advantages
+from magsrl.trainer.grpo import composed_advantages
 from magsrl.trainer.metrics_log import MetricsLog
 from magsrl.trainer.queue import QueueConfig, RolloutQueue
 from magsrl.trainer.registry import publish_run, retire_run
+from magsrl.trainer.rewards import primary_reward
 from magsrl.trainer.run_config import RunConfig
-from magsrl.trainer.schedule import Schedule, load_run_samples
+from magsrl.trainer.schedule import Schedule, StepBatch, load_run_samples
+from magsrl.trainer.step_metrics import rollout_metrics
 
 log = logging.getLogger("magsrl.trainer")
 CANCEL_POLL_S = 0.5
+DEAD_LETTER_SCAN = 10_000  # dead letters read per poll: a run's whole dead-letter stream
 CHECKPOINT_GLOB = "step-*.pt"
 
 
@@ -68,25 +79,95 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+@dataclass
+class Grouped:
+    """A step's results grouped for the learner: the results to train on and their
+    advantages (N,), and the group counts behind them."""
+
+    kept: list[RolloutResult]
+    advantages: torch.Tensor
+    varied: int  # groups with reward variance (they carry a gradient)
+    dropped: int  # groups left out: no variance (when dropped), or fewer than 2 members
+
+
 def advantages_by_group(
-    results: list[RolloutResult], scale_by_std: bool, drop_zero_variance: bool
-) -> tuple[list[RolloutResult], torch.Tensor, int]:
-    """Advantages within each sample's group of rollouts (groups may have shrunk); returns
-    the kept results, their advantages (N,), and how many groups were dropped."""
+    results: list[RolloutResult],
+    scale_by_std: bool,
+    drop_zero_variance: bool,
+    weights: dict[str, float] | None = None,
+) -> Grouped:
+    """Advantages within each sample's group of rollouts (groups may have shrunk by stale
+    results). Failed rollouts are members with reward 0 (a failure is scored, not ignored)
+    but carry no tokens, so they are not kept for the learner. With ``weights`` the group
+    std comes from the primary reward (``grpo.composed_advantages``); without, from the
+    total (plain GRPO)."""
     groups: dict[int, list[RolloutResult]] = {}
     for r in results:
         groups.setdefault(r.sample_index, []).append(r)
     kept: list[RolloutResult] = []
     advantages: list[torch.Tensor] = []
-    dropped = 0
+    dropped = varied = 0
     for members in groups.values():
-        rewards = torch.tensor([m.reward for m in members], dtype=torch.float32)
-        if len(members) < 2 or (drop_zero_variance and bool((rewards == rewards[0]).all())):
+        rewards = torch.tensor([_reward(m) for m in members], dtype=torch.float64)
+        primary = rewards
+        if weights is not None:
+            primary = torch.tensor(
+                [0.0 if m.error else primary_reward(m.components, weights) for m in members],
+                dtype=torch.float64,
+            )
+        flat = bool((rewards == rewards[0]).all())
+        varied += int(len(members) >= 2 and not flat)
+        if len(members) < 2 or (drop_zero_variance and flat):
             dropped += 1
             continue
-        kept.extend(members)
-        advantages.append(group_advantages(rewards, len(members), scale_by_std=scale_by_std))
-    return kept, (torch.cat(advantages) if advantages else torch.zeros(0)), dropped
+        adv = composed_advantages(rewards, primary, len(members), scale_by_std=scale_by_std)
+        for member, a in zip(members, adv, strict=True):
+            if member.error is None:
+                kept.append(member)
+                advantages.append(a.float())
+    stacked = torch.stack(advantages) if advantages else torch.zeros(0)
+    return Grouped(kept=kept, advantages=stacked, varied=varied, dropped=dropped)
+
+
+def job_seed(seed: int, prefix: str, sample: int, member: int) -> int:
+    """A rollout's sampling seed, stable across processes (``hash`` of a str is not: a
+    resumed run must redraw the same episodes)."""
+    digest = hashlib.sha256(f"{seed}:{prefix}:{sample}:{member}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (2**31)
+
+
+def _reward(result: RolloutResult) -> float:
+    return 0.0 if result.error is not None else result.reward
+
+
+def dead_result(job: RolloutJob, reason: str) -> RolloutResult:
+    """The failed result of a job the queue dead-lettered: scored 0, counted as failed."""
+    return RolloutResult(
+        **job.model_dump(
+            include={
+                "job_id",
+                "run_id",
+                "step",
+                "sample_index",
+                "group_index",
+                "version",
+                "policy_model",
+            }
+        ),
+        worker="queue",
+        segments=[],
+        images=[],
+        reward=0.0,
+        components={},
+        answer="",
+        correct=False,
+        zooms=0,
+        zoom_errors=0,
+        rounds=0,
+        completion_tokens=0,
+        error=f"dead-lettered: {reason}",
+        elapsed_ms=0.0,
+    )
 
 
 class RunLoop:
@@ -118,6 +199,8 @@ class RunLoop:
         )
         self.learner: Any = None
         self.stale_total = 0
+        self._image_ids: dict[str, str] = {}  # sample image path -> magnifier image id
+        self.validation_samples: list[Sample] = []
 
     # ---- policy adapters ------------------------------------------------------------------
     async def _policy(self, method: str, path: str, body: dict[str, Any] | None = None) -> None:
@@ -157,6 +240,7 @@ class RunLoop:
         from magsrl.trainer.learner import Learner
 
         samples = load_run_samples(self.config)
+        samples, self.validation_samples = self._split_validation(samples)
         schedule = Schedule(self.config, samples)
         model_dir = await asyncio.to_thread(resolve_model, self.config.model)
         if not Path(model_dir).is_dir():
@@ -183,18 +267,56 @@ class RunLoop:
         self.metrics.truncate(start)
         return schedule, start, version
 
+    def _split_validation(self, samples: list[Any]) -> tuple[list[Any], list[Sample]]:
+        """The training samples and the held-out validation ones: the validation file when
+        one is named, else the dataset's last ``max_samples`` (then never trained on)."""
+        val = self.config.validation
+        if not val.every:
+            return samples, []
+        if val.dataset is not None:
+            from magsrl.data.loaders import load_dataset
+
+            return samples, list(load_dataset(Path(val.dataset), val.dataset_kind))[
+                : val.max_samples
+            ]
+        if len(samples) <= val.max_samples:
+            raise RunFailed(
+                f"validation.max_samples={val.max_samples} would hold out all {len(samples)} "
+                "samples: lower it, or name a validation.dataset"
+            )
+        held = samples[-val.max_samples :]
+        plain = [
+            Sample.model_validate(s.model_dump(include=set(Sample.model_fields))) for s in held
+        ]
+        return samples[: -val.max_samples], plain
+
     # ---- one step -------------------------------------------------------------------------
-    async def _jobs(self, schedule: Schedule, step: int, version: int) -> list[RolloutJob]:
-        batch = schedule.batch(step)
+    async def _make_jobs(
+        self,
+        batch: StepBatch,
+        samples: list[Sample],
+        step: int,
+        version: int,
+        *,
+        first_index: int,
+        group_size: int | None = None,
+        tag: str | None = None,
+        zoom: str | None = None,
+        temperature: float | None = None,
+    ) -> list[RolloutJob]:
         grpo = self.config.grpo
         low, high = self.learner.processor.pixel_bounds()
+        prefix = f"{self.run_id}:{step}" if tag is None else f"{self.run_id}:{tag}"
         jobs = []
-        for i, sample in enumerate(batch.samples):
-            info = await self.magnifier.upload(Path(sample.image).read_bytes())
-            for g in range(grpo.group_size):
+        for i, sample in enumerate(samples, first_index):
+            image_id = self._image_ids.get(sample.image)
+            if image_id is None:
+                info = await self.magnifier.upload(Path(sample.image).read_bytes())
+                image_id = self._image_ids[sample.image] = info.image_id
+            for g in range(grpo.group_size if group_size is None else group_size):
                 jobs.append(
                     RolloutJob(
-                        job_id=f"{self.run_id}:{step}:{i}:{g}",
+                        job_id=f"{prefix}:{i}:{g}",
                         run_id=self.run_id,
                         step=step,
                         sample_index=i,
@@ -202,87 +324,141 @@ class RunLoop:
                         version=version,
                         policy_model=adapter_name(self.run_id, version),
                         sample=sample,
-                        image_id=info.image_id,
-                        zoom=batch.zoom,
+                        image_id=image_id,
+                        zoom=zoom or batch.zoom,  # type: ignore[arg-type]
                         question_suffix=batch.question_suffix,
                         upscale=self.config.rollout.upscale,
                         max_rounds=grpo.max_rounds,
                         max_tokens=grpo.max_new_tokens,
-                        temperature=grpo.temperature,
+                        temperature=grpo.temperature if temperature is None else temperature,
                         top_p=grpo.top_p,
-                        seed=hash((self.config.seed, step, i, g)) % (2**31),
+                        seed=job_seed(self.config.seed, prefix, i, g),
                         protocol=self.config.zoom_protocol,
                         frame_min_pixels=low,
                         frame_max_pixels=high,
                         eos_token_id=self.learner.eos_id,
-                        rewards=self.config.rewards.weights(),
+                        rewards=self.config.job_weights(),
                         target_token=self.config.rewards.target_token,
+                        reward_options=self.config.rewards.options(),
                     )
                 )
         return jobs
 
     async def _collect(self, queue: RolloutQueue, jobs: list[RolloutJob]) -> list[RolloutResult]:
+        """Every job's result. A job the queue dead-letters (K deliveries, or malformed)
+        becomes a failed result once it has been in the dead-letter stream for one more
+        ``rollout.job_timeout_s`` without a result: a worker that was slow rather than dead
+        (the janitor reclaimed its job) still gets to complete it."""
         for job in jobs:
             await queue.enqueue(job.job_id, job)  # False: a result exists (a resumed step)
-        ids = [job.job_id for job in jobs]
+        by_id = {job.job_id: job for job in jobs}
+        ids = list(by_id)
+        found: dict[str, RolloutResult] = {}
+        dead_since: dict[str, tuple[float, str]] = {}  # job id -> (first seen, reason)
+        grace = self.config.rollout.job_timeout_s
         deadline = time.monotonic() + self.settings.step_timeout_s
         while True:
             if self.hooks.cancelled.is_set():
                 raise asyncio.CancelledError
-            got = await queue.wait_results(ids, timeout_s=CANCEL_POLL_S)
-            if not got.missing:
+            missing = [i for i in ids if i not in found]
+            got = await queue.wait_results(missing, timeout_s=CANCEL_POLL_S)
+            for job_id, raw in got.results.items():
+                found[job_id] = RolloutResult.model_validate(raw)
+            if got.missing:
+                waiting = set(got.missing)
+                now = time.monotonic()
+                for dead in await queue.dead_letters(count=DEAD_LETTER_SCAN):
+                    if dead.job_id in waiting:
+                        dead_since.setdefault(dead.job_id, (now, dead.reason))
+                for job_id, (since, reason) in dead_since.items():
+                    if job_id in waiting and now - since >= grace:
+                        found[job_id] = dead_result(by_id[job_id], reason)
+            if len(found) == len(ids):
                 break
             if time.monotonic() > deadline:
                 stats = await queue.stats()
                 raise RunFailed(
-                    f"{len(got.missing)} of {len(ids)} rollouts did not finish within "
+                    f"{len(ids) - len(found)} of {len(ids)} rollouts did not finish within "
                     f"{self.settings.step_timeout_s:.0f}s (queue: {stats}). Are rollout "
                     "workers running? Start them with `magsrl serve rollout-worker` or "
                     "`magsrl up --train`."
                 )
-        return [RolloutResult.model_validate(got.results[i]) for i in ids]
+        return [found[i] for i in ids]
 
-    def _rollout_metrics(self, results: list[RolloutResult]) -> dict[str, float]:
-        ok = [r for r in results if r.error is None]
-        if not ok:
-            return {}
-        return {
-            "reward_mean": statistics.fmean(r.reward for r in ok),
-            "reward_std": statistics.pstdev([r.reward for r in ok]),
-            "accuracy": statistics.fmean(float(r.correct) for r in ok),
-            "zoom_rate": statistics.fmean(float(r.zooms > 0) for r in ok),
-            "zoom_errors": statistics.fmean(float(r.zoom_errors) for r in ok),
-            "format": statistics.fmean(r.components.get("format", 0.0) for r in ok),
-            "completion_tokens": statistics.fmean(float(r.completion_tokens) for r in ok),
-            "rounds": statistics.fmean(float(r.rounds) for r in ok),
-        }
+    def _refill_samples(
+        self, schedule: Schedule, batch: StepBatch, used: set[str], count: int, attempt: int
+    ) -> list[Sample]:
+        """``count`` new prompts for a refill, deterministic from (seed, step, attempt): the
+        step's levels when it asked for some, samples not yet in the step first."""
+        levels = schedule.levels_by_id()
+        pool = [
+            s for s in schedule.samples if not batch.levels or levels.get(s.id) in batch.levels
+        ] or schedule.samples
+        fresh = [s for s in pool if s.id not in used] or pool
+        rng = random.Random(f"{self.config.seed}:refill:{batch.step}:{attempt}")
+        if len(fresh) >= count:
+            return rng.sample(fresh, count)
+        return [rng.choice(fresh) for _ in range(count)]
 
     async def _step(
         self, queue: RolloutQueue, schedule: Schedule, step: int, version: int
     ) -> dict[str, float]:
         started = time.perf_counter()
-        jobs = await self._jobs(schedule, step, version)
+        grpo = self.config.grpo
+        batch = schedule.batch(step)
+        jobs = await self._make_jobs(batch, batch.samples, step, version, first_index=0)
         results = await self._collect(queue, jobs)
+        weights = self.config.job_weights()
+        used = {s.id for s in batch.samples}
+        refilled = 0
+        for attempt in range(grpo.max_refills):
+            current = [r for r in results if r.version == version]
+            grouped = advantages_by_group(current, grpo.scale_rewards == "group", True, weights)
+            missing = grpo.prompts_per_step - grouped.varied
+            if missing <= 0:
+                break
+            # DAPO's dynamic sampling: new prompts for the groups that teach nothing.
+            extra = self._refill_samples(schedule, batch, used, missing, attempt)
+            used |= {s.id for s in extra}
+            first = max(j.sample_index for j in jobs) + 1
+            more = await self._make_jobs(batch, extra, step, version, first_index=first)
+            jobs += more
+            results += await self._collect(queue, more)
+            refilled += len(extra)
         rollout_s = time.perf_counter() - started
         stale = [r for r in results if r.version != version]
-        failed = [r for r in results if r.version == version and r.error is not None]
-        usable = [r for r in results if r.version == version and r.error is None]
+        current = [r for r in results if r.version == version]
+        failed = [r for r in current if r.error is not None]
         self.stale_total += len(stale)
         if failed:
             self.hooks.on_warning(step, f"{len(failed)} rollouts failed: {failed[0].error}")
-        grpo = self.config.grpo
-        kept, advantages, dropped = advantages_by_group(
-            usable, grpo.scale_rewards == "group", grpo.drop_zero_variance
+        grouped = advantages_by_group(
+            current, grpo.scale_rewards == "group", grpo.drop_zero_variance, weights
         )
-        metrics = self._rollout_metrics(usable)
+        kept, advantages = grouped.kept, grouped.advantages
+        truncated_masked = 0
+        if grpo.overlong == "mask" and kept:
+            # DAPO's overlong filtering: cut episodes shape their group's baseline but get no
+            # loss of their own.
+            keep = [i for i, r in enumerate(kept) if not r.truncated]
+            truncated_masked = len(kept) - len(keep)
+            kept, advantages = [kept[i] for i in keep], advantages[keep]
+        metrics = rollout_metrics(current)
         metrics.update(
             stale_dropped=float(len(stale)),
             stale_total=float(self.stale_total),
             failed=float(len(failed)),
-            groups_dropped=float(dropped),
+            groups=float(len({r.sample_index for r in current})),
+            groups_varied=float(grouped.varied),
+            groups_dropped=float(grouped.dropped),
+            refilled_prompts=float(refilled),
+            overlong_masked=float(truncated_masked),
             rollout_s=rollout_s,
         )
-        if kept:
+        # A step where every advantage is 0 has no gradient: no update, no new version.
+        learnable = bool(kept) and bool(advantages.abs().sum() > 0)
+        metrics["updated"] = float(learnable)
+        if learnable:
             learn = await asyncio.to_thread(self.learner.step, kept, advantages)
             # The learner counts the updates it made; the run counts steps (groups may all
             # be dropped, and a step then makes no update).
@@ -297,9 +473,46 @@ class RunLoop:
                     "sampled; check that the policy serves the run's model with the same "
                     "image bounds",
                 )
+        else:
+            self.hooks.on_warning(step, "no group had reward variance: no update this step")
         metrics["step_s"] = time.perf_counter() - started
         await queue.drop_results([j.job_id for j in jobs])
         return metrics
+
+    async def _validate(self, queue: RolloutQueue, step: int, version: int) -> dict[str, float]:
+        """The held-out set, once with zoom and once without, at the current version."""
+        val = self.config.validation
+        batch = StepBatch(
+            step=step,
+            samples=[],
+            stage_index=0,
+            zoom="auto",
+            question_suffix=None,
+            levels=(),
+            sample_levels=(),
+            level_weights=None,
+            fallback=False,
+        )
+        out: dict[str, float] = {}
+        for arm, zoom in (("zoom", "auto"), ("nozoom", "off")):
+            jobs = await self._make_jobs(
+                batch,
+                self.validation_samples,
+                step,
+                version,
+                first_index=0,
+                group_size=1,
+                tag=f"val{step}-{arm}",
+                zoom=zoom,
+                temperature=val.temperature,
+            )
+            results = [r for r in await self._collect(queue, jobs) if r.error is None]
+            await queue.drop_results([j.job_id for j in jobs])
+            if results:
+                out[f"val_accuracy_{arm}"] = sum(r.correct for r in results) / len(results)
+                if arm == "zoom":
+                    out["val_zoom_rate"] = sum(r.zooms > 0 for r in results) / len(results)
+        return out
 
     # ---- the run --------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
@@ -316,11 +529,16 @@ class RunLoop:
                     if schedule.needs_rescore(step):
                         await self._rescore(schedule, step, version)
                     metrics = await self._step(queue, schedule, step, version)
-                    version += 1
-                    await asyncio.to_thread(
-                        self.learner.save_adapter, self.run_dir / "adapters" / f"v{version}"
-                    )
-                    await self._publish_version(version)
+                    if metrics["updated"]:
+                        version += 1
+                        await asyncio.to_thread(
+                            self.learner.save_adapter, self.run_dir / "adapters" / f"v{version}"
+                        )
+                        await self._publish_version(version)
+                    every = self.config.validation.every
+                    if every and self.validation_samples and (step + 1) % every == 0:
+                        metrics.update(await self._validate(queue, step, version))
+                    metrics["version"] = float(version)
                     self.metrics.append(step, metrics)
                     self.hooks.on_step(step + 1, metrics)
                     if (step + 1) % self.settings.checkpoint_every == 0 or (
@@ -371,6 +589,9 @@ class RunLoop:
         adapter = final / "adapter"
         if adapter.exists():
             shutil.rmtree(adapter)
-        shutil.copytree(self.run_dir / "adapters" / f"v{version}", adapter)
+        source = self.run_dir / "adapters" / f"v{version}"
+        if not source.exists():  # no step ever updated (version 0): the initial adapter
+            self.learner.save_adapter(source)
+        shutil.copytree(source, adapter)
         plots = self.metrics.plot(final)
         return {"adapter": str(adapter), "plots": [str(p) for p in plots], "version": version}

@@ -26,6 +26,7 @@ from magsrl.engines.openai_upstream import OpenAIEngine
 from magsrl.policy.config import PolicySettings
 from magsrl.proto.rollout import RolloutJob, RolloutResult
 from magsrl.trainer.config import WorkerSettings
+from magsrl.trainer.episode_stats import episode_stats
 from magsrl.trainer.queue import Delivery, QueueError, RolloutConsumer
 from magsrl.trainer.registry import active_runs
 from magsrl.trainer.rewards import compute_reward
@@ -100,6 +101,10 @@ async def run_job(
         target_token=job.target_token,
         completion_tokens=[c.tokens or [] for c in completions] if job.target_token else None,
         zoom_mode=job.zoom,
+        options=job.reward_options,
+        image_size=image.size,
+        zooms_over_limit=outcome.zooms_over_limit,
+        truncated=any(c.finish_reason == "length" for c in completions),
     )
     segments = segments_from_rounds(outcome.results, job.eos_token_id)
     zooms = [z for r in outcome.rounds for z in r.zooms]
@@ -116,6 +121,7 @@ async def run_job(
         rounds=len(outcome.rounds),
         completion_tokens=sum(len(c.token_ids) for c in completions),
         elapsed_ms=(time.perf_counter() - started) * 1000,
+        **episode_stats(outcome, image.size),
     )
 
 

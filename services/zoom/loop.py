@@ -66,6 +66,9 @@ class LoopOutcome:
     magnifier_ms: float
     zoom_skipped: str | None = None
     zoom_errors: int = 0
+    # Per round: zoom requests beyond max_zooms_per_round, dropped unzoomed (the reward
+    # penalises them as a format error).
+    zooms_over_limit: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -95,6 +98,7 @@ class Episode:
     rounds: list[Round] = field(default_factory=list)
     results: list[GenerationResult] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
+    zooms_over_limit: list[int] = field(default_factory=list)
 
     def record(self, result: GenerationResult) -> None:
         self.results.append(result)
@@ -191,7 +195,9 @@ class ZoomLoop:
         calls = [] if (opts.zoom == "off" or last or state.zoom_skipped) else parsed.zooms
         if not calls:
             episode.rounds.append(Round(text=text))
+            episode.zooms_over_limit.append(0)
             return False
+        episode.zooms_over_limit.append(max(0, len(calls) - opts.max_zooms_per_round))
         calls = calls[: opts.max_zooms_per_round]
         image = episode.image
         zooms = await self._zoom(calls, image, episode.image_bytes, state, opts)
@@ -255,6 +261,7 @@ class ZoomLoop:
             magnifier_ms=state.magnifier_ms,
             zoom_skipped=state.zoom_skipped,
             zoom_errors=state.zoom_errors,
+            zooms_over_limit=list(episode.zooms_over_limit),
         )
 
     # ---- zooming --------------------------------------------------------------------
