@@ -79,8 +79,11 @@ def test_hermes_streaming_holds_back_a_partial_tag_and_streams_verbatim_argument
     )
     assert content == "see "
     assert args == '{"bbox_2d": [10,20,30,40]}'
-    assert any(tc.get("function", {}).get("name") == "zoom" for d in deltas for tc in d.get(
-        "tool_calls", []))  # fmt: skip
+    assert any(
+        tc.get("function", {}).get("name") == "zoom"
+        for d in deltas
+        for tc in d.get("tool_calls", [])
+    )
 
 
 # ---- the server, in-process ------------------------------------------------------------
@@ -99,9 +102,13 @@ def make_client(model: Path, *flags: str, lora: bool = False) -> TestClient:
 @pytest.fixture(scope="module")
 def raw(tiny_model_dir: Path) -> Iterator[TestClient]:
     with make_client(
-        tiny_model_dir, "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
-        "--limit-mm-per-prompt", '{"image": 2, "video": 0}',
-    ) as client:  # fmt: skip
+        tiny_model_dir,
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "hermes",
+        "--limit-mm-per-prompt",
+        '{"image": 2, "video": 0}',
+    ) as client:
         yield client
 
 
@@ -141,8 +148,10 @@ def test_processed_logprobs_follow_temperature(raw: TestClient, processed: TestC
 
     def gap(client: TestClient, t: float) -> float:
         resp = chat(client, "hello", temperature=t, logprobs=True, top_logprobs=5)
-        tops = sorted(e["logprob"] for e in resp.json()["choices"][0]["logprobs"]["content"][0][
-            "top_logprobs"])  # fmt: skip
+        tops = sorted(
+            e["logprob"]
+            for e in resp.json()["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        )
         return tops[-1] - tops[-2]
 
     assert gap(processed, 0.5) == pytest.approx(2 * gap(processed, 1.0), rel=1e-3)
@@ -193,18 +202,20 @@ def test_stream_prompt_ids_on_the_first_chunk_and_token_ids_per_chunk(raw: TestC
             tools=TOOLS,
             stream=True,
             stream_options={"include_usage": True},
-        )  # fmt: skip
+        )
     )
     assert chunks[0]["prompt_token_ids"] == full["prompt_token_ids"]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     body = [c for c in chunks[1:] if c["choices"]]
     assert all("prompt_token_ids" not in c for c in body)
     assert [t for c in body for t in c["choices"][0]["token_ids"]] == full["choices"][0][
-        "token_ids"]  # fmt: skip
+        "token_ids"
+    ]
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in body) == "look "
     assert body[-1]["choices"][0]["finish_reason"] == "tool_calls"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == len(
-        full["choices"][0]["token_ids"])  # fmt: skip
+        full["choices"][0]["token_ids"]
+    )
 
 
 def test_tool_calls_response_shape(raw: TestClient) -> None:
@@ -304,7 +315,7 @@ def adapter(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
         load_model(tiny_model_dir),
         LoraConfig(
             r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False
-        ),  # fmt: skip
+        ),
     )
     out = tmp_path_factory.mktemp("adapter") / "v1"
     model.save_pretrained(out)
