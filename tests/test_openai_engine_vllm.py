@@ -16,6 +16,7 @@ import pytest
 from magsrl.clients.magnifier import MagnifierClient
 from magsrl.common.coords import Convention
 from magsrl.engines.openai_upstream import OpenAIEngine
+from magsrl.engines.upstream_text import rebuilt_text
 from magsrl.policy.config import PolicySettings
 from magsrl.proto.tools import zoom_tool
 from magsrl.zoom.boxes import original_slot, to_original_crop
@@ -138,6 +139,37 @@ def test_engine_keeps_the_exact_text_of_a_parsed_tool_call_turn(
     assert completion.top_logprobs is not None
     assert all(len(step) == 2 for step in completion.top_logprobs)
     assert completion.top_logprobs[0][0][0] == completion.tokens[0]  # sampled token first
+
+
+def test_engine_without_detokenize_reads_the_logprob_tokens(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """An upstream with no /detokenize (the rollout workers' upstream is a magsrl policy):
+    the turn is read from the log-prob tokens when they were asked for (the workers always
+    ask), and only without them falls back to the parsed form, which loses the text after
+    the first call, as vLLM's parser does."""
+    upstream = start_fake_vllm(
+        tiny_model_dir, tmp_path, *SERVE_FLAGS, "--logprobs-mode", "processed_logprobs",
+        "--no-detokenize",
+    )  # fmt: skip
+
+    async def run() -> tuple[str, str]:
+        engine = engine_for(upstream, tiny_model_dir)
+        try:
+            upstream.script(TOOL_TURN, TOOL_TURN)
+            with_tokens = await engine.generate(tool_request(logprobs=True))
+            without = await engine.generate(tool_request())
+            return with_tokens.completions[0].text, without.completions[0].text
+        finally:
+            await engine.close()
+
+    try:
+        with_tokens, without = asyncio.run(run())
+    finally:
+        upstream.stop()
+    assert with_tokens == TOOL_TURN
+    args = ['{"bbox_2d": [10, 20, 30, 40]}'] * 2 + ['{"bbox_2d": [1, 2, 3, 4]}']
+    assert without == rebuilt_text("Look closer.\n", [("zoom", a) for a in args])
 
 
 def test_engine_stream_keeps_prompt_ids_and_the_whole_turn(

@@ -171,7 +171,7 @@ class OpenAIEngine(Engine):
         for choice, completion in zip(body["choices"], completions, strict=True):
             if (choice.get("message") or {}).get("tool_calls"):
                 completion.text = await self._sampled_text(
-                    completion.text, completion.token_ids, choice.get("stop_reason"), request
+                    completion, choice.get("stop_reason"), request
                 )
         usage = body.get("usage") or {}
         return GenerationResult(
@@ -244,10 +244,8 @@ class OpenAIEngine(Engine):
             )
             if calls.get(i):
                 parsed = [(c["name"], c["arguments"]) for _, c in sorted(calls[i].items())]
-                fallback = rebuilt_text(texts[i], parsed)
-                completion.text = await self._sampled_text(
-                    fallback, completion.token_ids, stop_reasons.get(i), request
-                )
+                completion.text = rebuilt_text(texts[i], parsed)
+                completion.text = await self._sampled_text(completion, stop_reasons.get(i), request)
                 # The parser streamed only the content before the first call: the rest of
                 # what the model wrote goes out now, so streamed text adds up to the turn.
                 if completion.text.startswith(texts[i]) and len(completion.text) > len(texts[i]):
@@ -262,11 +260,25 @@ class OpenAIEngine(Engine):
         )
 
     async def _sampled_text(
-        self, fallback: str, token_ids: list[int], stop_reason: Any, request: GenerationRequest
+        self, completion: Completion, stop_reason: Any, request: GenerationRequest
     ) -> str:
-        """The text the model wrote, from its token ids, where the upstream can decode them."""
+        """The text the model wrote: its token ids decoded by the upstream (vLLM's
+        /detokenize), else its log-prob tokens joined where they decode cleanly, else the
+        parsed turn as ``completion.text`` already has it."""
+        decoded = await self._detokenized(completion.token_ids, request)
+        if (
+            decoded is None
+            and completion.tokens
+            and len(completion.tokens) == len(completion.token_ids)
+        ):
+            joined = "".join(completion.tokens)
+            # A token that is part of a UTF-8 character decodes alone to U+FFFD.
+            decoded = None if "\ufffd" in joined else joined
+        return completion.text if decoded is None else sampled_text(decoded, stop_reason)
+
+    async def _detokenized(self, token_ids: list[int], request: GenerationRequest) -> str | None:
         if not self._detokenize or not token_ids:
-            return fallback
+            return None
         root = self.base_url.removesuffix("/v1")
         model = self.check_model(request.model) or self.upstream_model
         try:
@@ -275,12 +287,10 @@ class OpenAIEngine(Engine):
             )
             decoded = resp.json().get("prompt") if resp.status_code == 200 else None
         except (httpx.HTTPError, ValueError, AttributeError):
-            return fallback
-        if not isinstance(decoded, str):
-            if resp.status_code == 404:  # not a vLLM: no /detokenize to ask again
-                self._detokenize = False
-            return fallback
-        return sampled_text(decoded, stop_reason)
+            return None
+        if resp.status_code == 404:  # not a vLLM: no /detokenize to ask again
+            self._detokenize = False
+        return decoded if isinstance(decoded, str) else None
 
     # ---- plumbing -------------------------------------------------------------------
     async def _post(self, path: str, payload: dict[str, Any]) -> httpx.Response:

@@ -13,8 +13,10 @@ vLLM's own ``text`` leaves out the end-of-turn token that stopped generation (it
 does the same. ``finish_reason`` cannot say whether the last token was the stop token: vLLM
 reports ``tool_calls`` for a call cut by ``max_tokens`` too, so the decoded end-of-turn
 marker is what is stripped. An upstream without
-``/detokenize`` (another magsrl policy) gets the content and the calls joined back in
-Qwen's Hermes layout, which is as close as the parsed form allows.
+``/detokenize`` (another magsrl policy, which the rollout workers use) is read from the
+log-prob tokens when they were asked for and decode cleanly one by one, and otherwise gets
+the content and the calls joined back in Qwen's Hermes layout, as close as the parsed form
+allows.
 """
 
 from __future__ import annotations
