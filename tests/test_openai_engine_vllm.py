@@ -307,3 +307,28 @@ def test_rollout_job_through_the_openai_engine(
         scripted_ids(tiny_model_dir, ROUND2),
     ]
     assert all(s.logprobs and len(s.logprobs) == len(s.ids) for s in sampled)
+
+
+def test_images_over_the_upstream_limit_are_a_400_through_the_policy(
+    proxied: RunningService,
+) -> None:
+    """Issue 13, point 7: the policy allows more images per request (MAGSRL_MAX_IMAGES, 8)
+    than the engine (--limit-mm-per-prompt, 5 here). vLLM's 400 must reach the client as a
+    400 with vLLM's message, not a 5xx, and the policy keeps serving."""
+    import openai
+
+    url = "data:image/png;base64," + base64.b64encode(png_bytes(photo("coffee"))).decode()
+    parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": url}}] * 6
+    client = openai.OpenAI(base_url=f"{proxied.url}/v1", api_key="unused", max_retries=0)
+    model = client.models.list().data[0].id
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": [*parts, {"type": "text", "text": "?"}]}],
+            max_tokens=4,
+        )
+    assert "At most 5 image(s) may be provided in one prompt." in str(caught.value)
+    ok = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    assert ok.choices[0].message.role == "assistant"

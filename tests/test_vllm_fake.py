@@ -328,7 +328,9 @@ def test_lora_load_unload_bodies_and_errors(tiny_model_dir: Path, adapter: Path)
     plain-text sentence; a duplicate name or missing field is 400 InvalidUserInput; a path
     with no adapter is 404; unloading an unknown name is 404; /v1/models lists the adapter
     with the base as parent; a rank over --max-lora-rank fails the load (500, as vLLM's
-    engine error)."""
+    engine error). --max-loras bounds one batch, not the registry: a load past it evicts the
+    oldest from the worker's cache (vllm/lora/worker_manager.py
+    LRUCacheWorkerLoRAManager.add_adapter), and every name stays listed and usable."""
     with make_client(tiny_model_dir, "--enable-lora", "--max-lora-rank", "8", lora=True) as c:
         ok = c.post("/v1/load_lora_adapter", json={"lora_name": "v1", "lora_path": str(adapter)})
         assert ok.status_code == 200
@@ -348,6 +350,12 @@ def test_lora_load_unload_bodies_and_errors(tiny_model_dir: Path, adapter: Path)
         assert gone.text == "Success: LoRA adapter 'v1' removed successfully."
         assert c.post("/v1/unload_lora_adapter", json={"lora_name": "v1"}).status_code == 404
         assert chat(c, "hi", model="v1").status_code == 404
+    with make_client(tiny_model_dir, "--enable-lora", "--max-loras", "1", lora=True) as c:
+        for name in ("a", "b"):
+            body = {"lora_name": name, "lora_path": str(adapter)}
+            assert c.post("/v1/load_lora_adapter", json=body).status_code == 200
+        assert [m["id"] for m in c.get("/v1/models").json()["data"]][1:] == ["a", "b"]
+        assert chat(c, "hi", model="a").status_code == chat(c, "hi", model="b").status_code == 200
     with make_client(tiny_model_dir, "--enable-lora", "--max-lora-rank", "2", lora=True) as c:
         big = c.post("/v1/load_lora_adapter", json={"lora_name": "v1", "lora_path": str(adapter)})
         assert big.status_code == 500 and "max_lora_rank" in big.json()["error"]["message"]
