@@ -200,6 +200,65 @@ def test_engine_stream_keeps_prompt_ids_and_the_whole_turn(
     assert result.completions[0].token_ids == scripted_ids(tiny_model_dir, TOOL_TURN)
 
 
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from magsrl.models.loading import load_model
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    out = tmp_path_factory.mktemp("adapter") / "v1"
+    get_peft_model(load_model(tiny_model_dir), config).save_pretrained(out)
+    return out
+
+
+def test_engine_lora_errors_are_the_callers(
+    fake: FakeUpstream, tiny_model_dir: Path, adapter: Path, tmp_path: Path
+) -> None:
+    """vLLM answers a load of a path with no adapter with 404 NotFoundError, and a rank over
+    --max-lora-rank with 500 (tests/test_vllm_fake.py pins both). The bug: the engine turned
+    them into "model not found" and "upstream unavailable"; they are the caller's 400s, and
+    a vLLM without VLLM_ALLOW_RUNTIME_LORA_UPDATING (no route) says so."""
+    from magsrl.common.errors import BadRequest, ServiceUnavailable
+
+    async def run(upstream: FakeUpstream) -> list[Any]:
+        engine = engine_for(upstream, tiny_model_dir)
+        outcomes: list[Any] = []
+        try:
+            for name, path in (("v1", adapter), ("v1", adapter), ("v2", tmp_path)):
+                try:
+                    await engine.load_adapter(name, str(path))
+                    outcomes.append("ok")
+                except (BadRequest, ServiceUnavailable) as exc:
+                    outcomes.append(exc)
+            if outcomes[0] == "ok":
+                request = GenerationRequest(
+                    messages=[{"role": "user", "content": "hi"}],
+                    sampling=SamplingParams(max_tokens=4),
+                    model="v1",
+                )
+                outcomes.append((await engine.generate(request)).model)
+                await engine.unload_adapter("v1")
+            return outcomes
+        finally:
+            await engine.close()
+
+    ok, duplicate, missing, used = asyncio.run(run(fake))
+    assert ok == "ok" and used == "v1"
+    assert isinstance(duplicate, BadRequest) and duplicate.param == "name"
+    assert isinstance(missing, BadRequest) and missing.param == "path"
+    assert "No adapter found" in missing.message
+    bare = start_fake_vllm(tiny_model_dir, tmp_path, *SERVE_FLAGS, "--enable-lora")
+    try:
+        (unmounted, *_) = asyncio.run(run(bare))
+    finally:
+        bare.stop()
+    assert isinstance(unmounted, ServiceUnavailable)
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" in unmounted.message
+
+
 # ---- /answer and a rollout through a policy process with MAGSRL_ENGINE=openai -------------
 QUESTION = "What colour is the small sign?"
 BOX = [60, 40, 120, 100]  # in the resized frame (Qwen2.5-VL convention)
@@ -230,7 +289,7 @@ def proxied(
 
 
 def test_answer_zoom_episode_through_the_openai_engine(
-    proxied: RunningService, fake: FakeUpstream, budget: int
+    proxied: RunningService, fake: FakeUpstream, budget: int, tiny_model_dir: Path
 ) -> None:
     """/answer's two-round zoom episode with the engine behind vLLM's wire format: the
     scripted turns come back verbatim, the box maps to the original through the frame the
@@ -253,6 +312,8 @@ def test_answer_zoom_episode_through_the_openai_engine(
     )
     (zoom,) = body["rounds"][0]["zooms"]
     assert zoom["error"] is None and tuple(zoom["box"]) == expected
+    sampled = [scripted_ids(tiny_model_dir, text) for text in (ROUND1, ROUND2)]
+    assert body["usage"]["completion_tokens"] == sum(len(ids) for ids in sampled)
     sent = fake.requests()[-2:]
     assert [r["logprobs"] for r in sent] == [False, False]
     assert all(r["return_token_ids"] for r in sent)

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from magsrl.common.errors import APIError, ServiceUnavailable
+from magsrl.common.errors import APIError, BadRequest, ServiceUnavailable
 from magsrl.common.images import to_b64
 from magsrl.engines.logprobs_mode import observed_mode
 from magsrl.engines.upstream_text import rebuilt_text, sampled_text
@@ -122,6 +122,8 @@ class OpenAIEngine(Engine):
 
     async def load_adapter(self, name: str, path: str) -> None:
         resp = await self._post("/load_lora_adapter", {"lora_name": name, "lora_path": path})
+        if resp.status_code >= 400:
+            _raise_lora_error(resp, path)
         self._raise_for(resp)
         if name not in self._adapters:
             self._adapters.append(name)
@@ -335,6 +337,31 @@ def _data_url(image: Image.Image) -> str:
     buf = io.BytesIO()
     image.save(buf, "PNG")  # lossless: the upstream decodes and resizes it anyway
     return "data:image/png;base64," + to_b64(buf.getvalue())
+
+
+def _raise_lora_error(resp: httpx.Response, path: str) -> None:
+    """vLLM's answers to a failed /v1/load_lora_adapter (vllm/entrypoints/openai/models/
+    serving.py load_lora_adapter) as the policy's own: a bad adapter or name is the
+    caller's 400, not a 404 model or a 503; a missing route is a deployment fault."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {}
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        if resp.status_code == 404:  # FastAPI's own 404: the route is not mounted
+            raise ServiceUnavailable(
+                "the upstream has no /v1/load_lora_adapter: vLLM mounts it only with "
+                "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"
+            )
+        return
+    message = str(error.get("message"))
+    if resp.status_code in (502, 503, 504):
+        return
+    if "already been loaded" in message:
+        raise BadRequest(f"upstream: {message}", param="name")
+    # 404 no adapter at the path, 500 rank over --max-lora-rank or LoRA off, 400 bad fields
+    raise BadRequest(f"upstream could not load the adapter at '{path}': {message}", param="path")
 
 
 def _finish(reason: str | None) -> Any:
