@@ -366,3 +366,15 @@ def test_detokenize_is_a_plain_decode(raw: TestClient) -> None:
     with special tokens kept, the text the openai engine rebuilds tool-call turns from."""
     ids = chat(raw, "a b", return_token_ids=True).json()["choices"][0]["token_ids"]
     assert raw.post("/detokenize", json={"tokens": ids}).json() == {"prompt": "a b<|im_end|>"}
+
+
+def test_api_key_guards_only_the_v1_routes(tiny_model_dir: Path) -> None:
+    """vllm/entrypoints/serve/middleware/authenticate.py: with --api-key (or VLLM_API_KEY)
+    every /v1 path needs the bearer key and answers 401 {"error": "Unauthorized"} without
+    it; /health and /detokenize stay open (compose's healthcheck relies on /health)."""
+    with make_client(tiny_model_dir, "--api-key", "k") as client:
+        denied = client.get("/v1/models")
+        assert denied.status_code == 401 and denied.json() == {"error": "Unauthorized"}
+        assert client.get("/v1/models", headers={"Authorization": "Bearer k"}).status_code == 200
+        assert client.get("/health").status_code == 200
+        assert client.post("/detokenize", json={"tokens": [64]}).status_code == 200
