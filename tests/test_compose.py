@@ -325,6 +325,7 @@ def test_engine_image_and_flags(services: dict[str, Any]) -> None:
     assert int(flags["--max-loras"] or 0) >= 1
     assert 0 < float(flags["--gpu-memory-utilization"] or 0) < 1
     assert flags["--generation-config"] == "vllm"
+    assert flags["--logprobs-mode"] == "processed_logprobs"  # what the learner scores
     assert engine["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     assert engine["ipc"] == "host"
     # The chat template is one of proto/templates, mounted read-only.

@@ -1,7 +1,12 @@
 """The ``openai`` engine: an upstream OpenAI-compatible server (the vLLM container in
 production, or another magsrl policy). Images travel as data URLs; LoRA adapters load at
 runtime through vLLM's ``/v1/load_lora_adapter``; sampled token ids come from vLLM's
-``return_token_ids`` when the upstream offers them."""
+``return_token_ids`` when the upstream offers them.
+
+vLLM's semantics it relies on (pinned against tests/fakes/vllm_server.py, docs/policy.md):
+the log-probs mode is checked at start (engines/logprobs_mode.py); a turn the hermes parser
+split into content and calls is rebuilt from its token ids (engines/upstream_text.py);
+a stream's first chunk carries ``prompt_token_ids``, every chunk its ``token_ids``."""
 
 from __future__ import annotations
 
@@ -25,7 +30,9 @@ from magsrl.common.errors import (
     UpstreamError,
 )
 from magsrl.common.images import to_b64
+from magsrl.engines.logprobs_mode import observed_mode
 from magsrl.engines.settings import UpstreamEngineSettings
+from magsrl.engines.upstream_text import rebuilt_text, sampled_text
 from magsrl.zoom.engine import (
     Completion,
     Engine,
@@ -72,6 +79,8 @@ class OpenAIEngine(Engine):
         self.base_url = settings.upstream_url.rstrip("/")
         self.http = httpx.AsyncClient(timeout=settings.upstream_timeout_s, headers=headers)
         self._adapters: list[str] = []
+        self._mode_checked = False
+        self._detokenize = True  # until the upstream shows it has no /detokenize
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -90,6 +99,29 @@ class OpenAIEngine(Engine):
         if self.upstream_model not in names:
             return f"upstream does not serve '{self.upstream_model}' (it has {names})"
         self._adapters = [n for n in names if n != self.upstream_model]
+        return await self._check_logprobs_mode()
+
+    async def _check_logprobs_mode(self) -> str | None:
+        """None when the upstream reports the log-probs mode the settings expect (or the
+        probe cannot tell); otherwise why the policy must not serve training."""
+        if self._mode_checked:
+            return None
+        expected = self.settings.upstream_logprobs_mode
+
+        async def post(payload: dict[str, Any]) -> dict[str, Any] | None:
+            try:
+                resp = await self._post("/chat/completions", payload)
+                return resp.json() if resp.status_code == 200 else None
+            except (ServiceUnavailable, ValueError):
+                return None
+
+        mode, why = await observed_mode(post, self.upstream_model)
+        if mode is not None and mode != expected:
+            return (
+                f"the upstream reports {mode} ({why}), but MAGSRL_UPSTREAM_LOGPROBS_MODE is "
+                f"{expected}: start vLLM with --logprobs-mode {expected}"
+            )
+        self._mode_checked = True
         return None
 
     def model_names(self) -> list[str]:
@@ -113,6 +145,8 @@ class OpenAIEngine(Engine):
 
     async def load_adapter(self, name: str, path: str) -> None:
         resp = await self._post("/load_lora_adapter", {"lora_name": name, "lora_path": path})
+        if resp.status_code >= 400:
+            _raise_lora_error(resp, path)
         self._raise_for(resp)
         if name not in self._adapters:
             self._adapters.append(name)
@@ -170,6 +204,11 @@ class OpenAIEngine(Engine):
                 f"upstream {self.base_url} answered something that is not an OpenAI chat "
                 f"completion ({exc.__class__.__name__}: {str(exc)[:200]})"
             ) from exc
+        for choice, completion in zip(choices, completions, strict=True):
+            if (choice.get("message") or {}).get("tool_calls"):
+                completion.text = await self._sampled_text(
+                    completion, choice.get("stop_reason"), request
+                )
         return GenerationResult(
             completions=completions,
             prompt_token_ids=body.get("prompt_token_ids"),
@@ -187,7 +226,10 @@ class OpenAIEngine(Engine):
         calls: dict[int, dict[int, dict[str, Any]]] = {}
         ids: dict[int, list[int]] = {}
         finish: dict[int, str] = {}
+        stop_reasons: dict[int, Any] = {}
+        logprobs: dict[int, list[dict[str, Any]]] = {}
         usage: dict[str, Any] = {}
+        prompt_ids: list[int] | None = None
         try:
             async with self.http.stream(
                 "POST", f"{self.base_url}/chat/completions", json=payload
@@ -200,6 +242,8 @@ class OpenAIEngine(Engine):
                         continue
                     chunk = _stream_chunk(line[len("data: ") :], self.base_url)
                     usage = chunk.get("usage") or usage
+                    # vLLM sends the prompt's ids once, on the first chunk of each choice.
+                    prompt_ids = chunk.get("prompt_token_ids") or prompt_ids
                     for choice in chunk.get("choices") or []:
                         i = choice["index"]
                         delta = choice.get("delta") or {}
@@ -213,8 +257,12 @@ class OpenAIEngine(Engine):
                                 fn.get("arguments") or ""
                             )
                         ids.setdefault(i, []).extend(choice.get("token_ids") or [])
+                        logprobs.setdefault(i, []).extend(
+                            (choice.get("logprobs") or {}).get("content") or []
+                        )
                         if choice.get("finish_reason"):
                             finish[i] = choice["finish_reason"]
+                            stop_reasons[i] = choice.get("stop_reason")
                         if text:
                             yield StreamDelta(index=i, text=text)
         except httpx.HTTPError as exc:
@@ -228,20 +276,63 @@ class OpenAIEngine(Engine):
             raise UpstreamError(f"upstream {self.base_url} streamed no choices")
         completions = []
         for i in sorted(texts):
-            raw = texts[i] + "".join(
-                _tool_call_text(c["name"], c["arguments"])
-                for _, c in sorted(calls.get(i, {}).items())
+            completion = _completion(
+                {
+                    "message": {"content": texts[i]},
+                    "token_ids": ids.get(i, []),
+                    "finish_reason": finish.get(i),
+                    "logprobs": {"content": logprobs.get(i)},
+                }
             )
-            completions.append(
-                Completion(text=raw, token_ids=ids.get(i, []), finish_reason=_finish(finish.get(i)))
-            )
+            if calls.get(i):
+                parsed = [(c["name"], c["arguments"]) for _, c in sorted(calls[i].items())]
+                completion.text = rebuilt_text(texts[i], parsed)
+                completion.text = await self._sampled_text(completion, stop_reasons.get(i), request)
+                # The parser streamed only the content before the first call: the rest of
+                # what the model wrote goes out now, so streamed text adds up to the turn.
+                if completion.text.startswith(texts[i]) and len(completion.text) > len(texts[i]):
+                    yield StreamDelta(index=i, text=completion.text[len(texts[i]) :])
+            completions.append(completion)
         yield GenerationResult(
             completions=completions,
-            prompt_token_ids=None,
+            prompt_token_ids=prompt_ids,
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             engine_ms=(time.perf_counter() - started) * 1000,
             model=request.model or self.base_model,
         )
+
+    async def _sampled_text(
+        self, completion: Completion, stop_reason: Any, request: GenerationRequest
+    ) -> str:
+        """The text the model wrote: its token ids decoded by the upstream (vLLM's
+        /detokenize), else its log-prob tokens joined where they decode cleanly, else the
+        parsed turn as ``completion.text`` already has it."""
+        decoded = await self._detokenized(completion.token_ids, request)
+        if (
+            decoded is None
+            and completion.tokens
+            and len(completion.tokens) == len(completion.token_ids)
+        ):
+            joined = "".join(completion.tokens)
+            # A token that is part of a UTF-8 character decodes alone to U+FFFD.
+            decoded = None if "\ufffd" in joined else joined
+        return completion.text if decoded is None else sampled_text(decoded, stop_reason)
+
+    async def _detokenized(self, token_ids: list[int], request: GenerationRequest) -> str | None:
+        if not self._detokenize or not token_ids:
+            return None
+        root = self.base_url.removesuffix("/v1")
+        model = self.check_model(request.model) or self.upstream_model
+        try:
+            resp = await self.http.post(
+                f"{root}/detokenize", json={"model": model, "tokens": token_ids}
+            )
+            decoded = resp.json().get("prompt") if resp.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        if resp.status_code == 404:  # not a vLLM: no /detokenize to ask again
+            self._detokenize = False
+        return decoded if isinstance(decoded, str) else None
 
     # ---- plumbing -------------------------------------------------------------------
     async def _post(self, path: str, payload: dict[str, Any]) -> httpx.Response:
@@ -301,10 +392,29 @@ def _data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + to_b64(buf.getvalue())
 
 
-def _tool_call_text(name: str, arguments: str | dict[str, Any]) -> str:
-    # Rebuild the Hermes text the model wrote, so both engines hand the loop the same thing.
-    args = json.loads(arguments) if isinstance(arguments, str) and arguments else arguments
-    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': args or {}})}\n</tool_call>"
+def _raise_lora_error(resp: httpx.Response, path: str) -> None:
+    """vLLM's answers to a failed /v1/load_lora_adapter (vllm/entrypoints/openai/models/
+    serving.py load_lora_adapter) as the policy's own: a bad adapter or name is the
+    caller's 400, not a 404 model or a 503; a missing route is a deployment fault."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {}
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        if resp.status_code == 404:  # FastAPI's own 404: the route is not mounted
+            raise ServiceUnavailable(
+                "the upstream has no /v1/load_lora_adapter: vLLM mounts it only with "
+                "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"
+            )
+        return
+    message = str(error.get("message"))
+    if resp.status_code in (502, 503, 504):
+        return
+    if "already been loaded" in message:
+        raise InvalidInput(f"upstream: {message}", param="name")
+    # 404 no adapter at the path, 500 rank over --max-lora-rank or LoRA off, 400 bad fields
+    raise InvalidInput(f"upstream could not load the adapter at '{path}': {message}", param="path")
 
 
 def _finish(reason: str | None) -> Any:
@@ -313,20 +423,27 @@ def _finish(reason: str | None) -> Any:
 
 def _completion(choice: dict[str, Any]) -> Completion:
     message = choice.get("message") or {}
-    text = (message.get("content") or "") + "".join(
-        _tool_call_text(tc["function"]["name"], tc["function"].get("arguments") or "{}")
-        for tc in message.get("tool_calls") or []
+    text = rebuilt_text(
+        message.get("content"),
+        [
+            (tc["function"]["name"], tc["function"].get("arguments") or "{}")
+            for tc in message.get("tool_calls") or []
+        ],
     )
-    logprobs = None
-    tokens = None
+    logprobs = tokens = top = None
     content = (choice.get("logprobs") or {}).get("content")
     if content:
         logprobs = [float(t["logprob"]) for t in content]
         tokens = [t["token"] for t in content]
+        top = [
+            [(str(e["token"]), float(e["logprob"])) for e in t.get("top_logprobs") or []]
+            for t in content
+        ]
     return Completion(
         text=text,
         token_ids=list(choice.get("token_ids") or []),
         finish_reason=_finish(choice.get("finish_reason")),
         logprobs=logprobs,
         tokens=tokens,
+        top_logprobs=top if top and any(top) else None,
     )

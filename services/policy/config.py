@@ -30,6 +30,12 @@ class PolicySettings(ServiceSettings):
     )
     upstream_api_key: SecretStr | None = Field(None, description="Bearer key for the upstream.")
     upstream_timeout_s: float = Field(600.0, gt=0)
+    upstream_logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = Field(
+        "processed_logprobs",
+        description="The log-probs the openai engine expects from its upstream (vLLM "
+        "--logprobs-mode), checked at start. The learner needs processed_logprobs: the "
+        "distribution after temperature that the tokens were sampled from.",
+    )
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
