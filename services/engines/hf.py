@@ -133,7 +133,8 @@ class HFEngine(Engine):
 
     # ---- models and adapters --------------------------------------------------------
     def model_names(self) -> list[str]:
-        return [self.base_model, *self._adapters]
+        alias = [self._weights_name] if self._weights_name is not None else []
+        return [self.base_model, *alias, *self._adapters]
 
     def adapter_paths(self) -> dict[str, str]:
         return dict(self._adapters)
@@ -193,6 +194,60 @@ class HFEngine(Engine):
         else:
             # The last one: back to the plain base model, with no LoRA layers left in it.
             self.model = self.model.unload()
+
+    # ---- full weights (POST /v1/weights): a full fine-tuning version replaces the base --------
+    weights_refusal = None  # this engine can
+    _weights_name: str | None = None
+    _weights_path: str | None = None
+
+    def loaded_weights(self) -> tuple[str | None, str | None]:
+        return self._weights_name, self._weights_path
+
+    def check_model(self, name: str | None) -> str | None:
+        if name is not None and name == self._weights_name:
+            return None  # the reloaded base model, not an adapter
+        return super().check_model(name)
+
+    async def reload_weights(self, path: str | None, name: str | None) -> None:
+        """Swaps in the model of folder ``path`` (None: the served checkpoint's own) between
+        two generate calls: the swap runs on the model thread, so no batch sees half of it."""
+        from magsrl.common.errors import Conflict
+        from magsrl.models.tiny import resolve_model
+
+        await self._ensure_loaded()
+        if self._adapters:
+            raise Conflict(
+                f"LoRA adapters are loaded ({', '.join(self._adapters)}) on the current "
+                "weights; unload them (DELETE /v1/adapters/{name}) before replacing the weights"
+            )
+        folder = Path(path) if path is not None else Path(resolve_model(self.settings.policy_model))
+        await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._reload_weights_sync, folder
+        )
+        self._weights_name = name if path is not None else None
+        self._weights_path = str(folder) if path is not None else None
+
+    def _reload_weights_sync(self, folder: Path) -> None:
+        from magsrl.models.loading import load_model
+
+        started = time.perf_counter()
+        try:
+            model = load_model(folder, device=str(self.device), dtype=self.dtype)
+        except Exception as exc:  # a foreign or corrupt folder is the caller's fault
+            raise BadRequest(
+                f"could not load a model from '{folder}': {exc}", param="path"
+            ) from exc
+        served = {n: t.shape for n, t in self.model.state_dict().items()}
+        loaded = {n: t.shape for n, t in model.state_dict().items()}
+        if served != loaded:
+            odd = sorted(set(served) ^ set(loaded)) or [n for n in served if served[n] != loaded[n]]
+            raise BadRequest(
+                f"'{folder}' holds another architecture than the served model (first "
+                f"difference: {odd[0]}); it must be a version of {self.base_model}",
+                param="path",
+            )
+        self.model = model.eval()
+        log.info("loaded the weights of %s in %.2fs", folder, time.perf_counter() - started)
 
     async def _ensure_loaded(self) -> None:
         reason = await self.ready()

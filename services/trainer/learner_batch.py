@@ -59,28 +59,34 @@ def lora_target_pattern(
     the language model only; the vision tower has layers of the same names (gate_proj, ...),
     which are adapted too when ``train_vision``."""
     decoder = model.get_decoder()
-    prefixes = [next(name for name, module in model.named_modules() if module is decoder)]
-    scopes = [decoder]
-    tower = vision_tower(model) if train_vision else None
-    if tower is not None:
-        prefixes.append(tower[0])
-        scopes.append(tower[1])
+    prefix = next(name for name, module in model.named_modules() if module is decoder)
+    wanted = targets
     if targets == "all-linear":
         targets = sorted(
-            {
-                n.rsplit(".", 1)[-1]
-                for scope in scopes
-                for n, m in scope.named_modules()
-                if isinstance(m, nn.Linear)
-            }
+            {n.rsplit(".", 1)[-1] for n, m in decoder.named_modules() if isinstance(m, nn.Linear)}
         )
     # "lm_head" sits outside the decoder. Adapting it is what lets a tiny model (hidden 64)
     # move its output distribution at all; vLLM serves LoRA on the decoder's layers only.
     head = [t for t in targets if t == LM_HEAD]
     names = "|".join(re.escape(t) for t in targets if t != LM_HEAD)
-    scope = "|".join(re.escape(p) for p in prefixes)
-    pattern = rf"(?:{scope})\.(?:.*\.)?(?:{names})" if names else ""
-    return "|".join(p for p in (pattern, *head) if p)
+    pattern = rf"{re.escape(prefix)}\.(?:.*\.)?(?:{names})" if names else ""
+    vision = _vision_targets(model, wanted, train_vision)
+    return "|".join(p for p in (pattern, *head, *vision) if p)
+
+
+def _vision_targets(model: nn.Module, targets: list[str] | str, train_vision: bool) -> list[str]:
+    """Exact names of the vision tower's linear layers to adapt (none unless asked). Exact:
+    its merger's layers are called "0" and "2", which as a pattern would match whole blocks."""
+    tower = vision_tower(model) if train_vision else None
+    if tower is None:
+        return []
+    prefix, module = tower
+    return [
+        re.escape(f"{prefix}.{name}")
+        for name, layer in module.named_modules()
+        if isinstance(layer, nn.Linear)
+        and (targets == "all-linear" or name.rsplit(".", 1)[-1] in targets)
+    ]
 
 
 def load_policy(
