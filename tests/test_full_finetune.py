@@ -301,12 +301,12 @@ def test_policy_serves_each_full_version(
 
 @pytest.mark.slow
 def test_openai_engine_full_run_is_refused_at_submit(
-    tmp_path: Path, redis_url: str, runs_dir: Path
+    tmp_path: Path, redis_url: str, runs_dir: Path, hf_policy: RunningService, tiny_model_dir: Path
 ) -> None:
     """Bug: a full fine-tuning run was accepted and failed at its first publish, because
     neither engine took a model folder. Against a policy on the openai engine (vLLM), the
-    trainer now refuses it at POST /v1/runs with a 400 that says why and what to do; the
-    same run with LoRA is accepted."""
+    trainer now refuses it at POST /v1/runs with a 400 that says why and what to do, and
+    no run is created."""
     from fastapi.testclient import TestClient
 
     from magsrl.trainer.app import create_app
@@ -315,7 +315,13 @@ def test_openai_engine_full_run_is_refused_at_submit(
     policy = start_service(
         "policy",
         tmp_path,
-        {"MAGSRL_ENGINE": "openai", "MAGSRL_UPSTREAM_URL": "http://127.0.0.1:9/v1"},
+        {
+            "MAGSRL_ENGINE": "openai",
+            "MAGSRL_POLICY_MODEL": str(tiny_model_dir),
+            "MAGSRL_UPSTREAM_URL": f"{hf_policy.url}/v1",  # stands in for vLLM here
+            "MAGSRL_UPSTREAM_API_KEY": API_KEY,
+            "MAGSRL_RUNS_DIR": str(runs_dir),
+        },
     )
     try:
         with httpx.Client(base_url=policy.url) as client:
@@ -336,10 +342,6 @@ def test_openai_engine_full_run_is_refused_at_submit(
                 "development mode" in error["message"] and "lora.enabled: true" in error["message"]
             )
             assert trainer.get("/v1/runs").json()["runs"] == []
-            lora = config | {"lora": {"enabled": True}}
-            accepted = trainer.post("/v1/runs", json=lora)
-            assert accepted.status_code == 202, accepted.text
-            trainer.post(f"/v1/runs/{accepted.json()['run_id']}/cancel")
     finally:
         policy.supervisor.stop()
 
