@@ -362,3 +362,55 @@ def test_policy_unreachable_at_submit_is_503(tmp_path: Path) -> None:
 
     with pytest.raises(ServiceUnavailable, match="unreachable"):
         asyncio.run(submit())
+
+
+# ---- the example, through `magsrl up --train` ------------------------------------------------
+@pytest.mark.slow
+def test_example_full_run_through_magsrl_up(tmp_path: Path) -> None:
+    """examples/train-tiny-full.yaml completes through `magsrl up --train` and `magsrl train`,
+    with the policy serving each new version: every rollout of step k asks the policy for
+    <run>-v<k> (which only the policy holding version k accepts), none fails or comes back
+    stale, the policy swapped weights once per step after going back to the base, and it
+    serves the last version at the end; older version folders are gone."""
+    import json
+    import re
+    import subprocess
+    import sys
+
+    from tests.test_up import kill_stack, read_until, start_up
+
+    example = Path(__file__).parents[1] / "examples" / "train-tiny-full.yaml"
+    proc = start_up(tmp_path, "--model", "tiny", "--train", "--workers", "2")
+    try:
+        out = read_until(proc, "Ctrl-C stops everything", 240.0)
+        trainer = re.search(r"train: .* --url\s+(http://127\.0\.0\.1:\d+)", out)
+        policy = re.search(r"--url\s+(http://127\.0\.0\.1:\d+)", out)
+        assert trainer is not None and policy is not None, out
+        train = subprocess.run(
+            [sys.executable, "-m", "magsrl.cli", "train", str(example), "--url", trainer[1]],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert train.returncode == 0, train.stdout + train.stderr
+        info = httpx.get(f"{trainer[1]}/v1/runs", timeout=30).json()["runs"][0]
+        assert info["status"] == "completed", info.get("error")
+        run_id = info["run_id"]
+        assert info["version"] == 3 and info["policy_model"] == f"{run_id}-v3"
+        rows = [
+            json.loads(line)
+            for line in (Path(info["output_dir"]) / "metrics.jsonl").read_text().splitlines()
+        ]
+        assert [r["step"] for r in rows] == [0, 1, 2]
+        assert all(r["failed"] == 0 and r["stale_dropped"] == 0 for r in rows), rows
+        assert all(r["optimizer_steps"] >= 1 for r in rows[-1:]), rows
+        served = httpx.get(f"{policy[1]}/v1/weights", timeout=30).json()
+        assert served["name"] == f"{run_id}-v3"
+        versions = Path(info["output_dir"]) / "adapters"
+        assert sorted(p.name for p in versions.iterdir()) == ["v3"]
+        log = (tmp_path / "state" / "logs" / "policy.log").read_text()
+        assert log.count('"POST /v1/weights HTTP/1.1" 200') == 3
+        assert log.count('"DELETE /v1/weights HTTP/1.1" 200') == 1
+    finally:
+        kill_stack(proc)
