@@ -285,6 +285,9 @@ def test_policy_serves_each_full_version(
         assert client.post("/v1/weights", json={"path": str(v2), "name": "run-v2"}).is_success
         assert _chat(client, "run-v1").status_code == 404  # a stale version is refused
         assert _chat(client, "run-v2").status_code == 200
+        assert client.delete("/v1/adapters/run-v2").status_code == 400  # not an adapter
+        taken = client.post("/v1/adapters", json={"name": "run-v2", "path": str(v2)})
+        assert taken.status_code == 400 and "already loaded" in taken.text
 
         outside = learner.save_adapter(tmp_path / "v3")
         refused = client.post("/v1/weights", json={"path": str(outside), "name": "run-v3"})

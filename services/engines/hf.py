@@ -140,7 +140,7 @@ class HFEngine(Engine):
         return dict(self._adapters)
 
     async def load_adapter(self, name: str, path: str) -> None:
-        if name == self.base_model or name in self._adapters:
+        if name in self.model_names():  # the base, an adapter, or reloaded weights' name
             raise BadRequest(
                 f"a model named '{name}' is already loaded; unload it first or pick another name",
                 param="name",
@@ -178,8 +178,11 @@ class HFEngine(Engine):
 
     async def unload_adapter(self, name: str) -> None:
         self.check_model(name)
-        if name == self.base_model:
-            raise BadRequest("the base model cannot be unloaded", param="name")
+        if name not in self._adapters:  # the base, or the name of reloaded weights
+            raise BadRequest(
+                f"'{name}' is not an adapter; full weights go back with DELETE /v1/weights",
+                param="name",
+            )
         await asyncio.get_running_loop().run_in_executor(
             self._executor, self._unload_adapter_sync, name
         )
