@@ -417,3 +417,47 @@ def test_example_full_run_through_magsrl_up(tmp_path: Path) -> None:
         assert log.count('"DELETE /v1/weights HTTP/1.1" 200') == 1
     finally:
         kill_stack(proc)
+
+
+@pytest.mark.slow
+def test_reload_keeps_loaded_adapters(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A policy holding a LoRA run's last adapter must still take a full version (it was a
+    refusal, so a full run after a LoRA run failed at its first publish): the weights are
+    copied in place under peft's wrapping, every base weight changes, the adapter stays, and
+    DELETE /v1/weights restores the original exactly. A folder of another size is refused."""
+    from magsrl.engines.hf import HFEngine
+    from magsrl.policy.config import PolicySettings
+
+    lora = Learner(tiny_model_dir, run_config({"enabled": True}), device="cpu")
+    adapter = lora.save_adapter(tmp_path / "adapter")
+    full = Learner(tiny_model_dir, run_config(), device="cpu")
+    with torch.no_grad():
+        for weight in full.model.parameters():
+            weight.add_(0.01)
+    version = full.save_adapter(tmp_path / "v1")
+
+    from magsrl.models.tiny import ensure_tiny_model
+
+    other = ensure_tiny_model("qwen3_vl")  # another architecture
+
+    async def scenario() -> None:
+        engine = HFEngine(PolicySettings(policy_model=str(tiny_model_dir)))
+        await engine.start()
+        try:
+            await engine.load_adapter("lora-v8", str(adapter))
+            base = engine.model.get_base_model()
+            before = {n: t.clone() for n, t in base.state_dict().items() if "lora_" not in n}
+            await engine.reload_weights(str(version), "full-v1")
+            now = base.state_dict()
+            assert all(not torch.equal(before[n], now[n]) for n in before)
+            assert engine.model_names()[1:] == ["full-v1", "lora-v8"]
+            assert engine.check_model("full-v1") is None  # the base, not an adapter
+            await engine.reload_weights(None, None)
+            assert all(torch.equal(before[n], now[n]) for n in before)
+            assert engine.loaded_weights() == (None, None)
+            with pytest.raises(BadRequest, match="another architecture"):
+                await engine.reload_weights(str(other), None)
+        finally:
+            await engine.close()
+
+    asyncio.run(scenario())

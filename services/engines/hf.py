@@ -212,17 +212,12 @@ class HFEngine(Engine):
         return super().check_model(name)
 
     async def reload_weights(self, path: str | None, name: str | None) -> None:
-        """Swaps in the model of folder ``path`` (None: the served checkpoint's own) between
-        two generate calls: the swap runs on the model thread, so no batch sees half of it."""
-        from magsrl.common.errors import Conflict
+        """Loads the weights of model folder ``path`` (None: the served checkpoint's own)
+        between two generate calls: the copy runs on the model thread, so no batch sees half
+        of it."""
         from magsrl.models.tiny import resolve_model
 
         await self._ensure_loaded()
-        if self._adapters:
-            raise Conflict(
-                f"LoRA adapters are loaded ({', '.join(self._adapters)}) on the current "
-                "weights; unload them (DELETE /v1/adapters/{name}) before replacing the weights"
-            )
         folder = Path(path) if path is not None else Path(resolve_model(self.settings.policy_model))
         await asyncio.get_running_loop().run_in_executor(
             self._executor, self._reload_weights_sync, folder
@@ -231,25 +226,45 @@ class HFEngine(Engine):
         self._weights_path = str(folder) if path is not None else None
 
     def _reload_weights_sync(self, folder: Path) -> None:
+        """Copies the folder's weights into the served model in place, after checking that
+        every tensor has a place of the same shape: loaded LoRA adapters stay (peft wraps a
+        layer's weight as ``<layer>.base_layer.weight``) and now adapt the new weights."""
+        from peft import PeftModel
+
         from magsrl.models.loading import load_model
 
         started = time.perf_counter()
-        try:
-            model = load_model(folder, device=str(self.device), dtype=self.dtype)
+        try:  # from_pretrained maps the checkpoint's names onto this transformers version's
+            loaded = load_model(folder, device=str(self.device), dtype=self.dtype).state_dict()
         except Exception as exc:  # a foreign or corrupt folder is the caller's fault
             raise BadRequest(
                 f"could not load a model from '{folder}': {exc}", param="path"
             ) from exc
-        served = {n: t.shape for n, t in self.model.state_dict().items()}
-        loaded = {n: t.shape for n, t in model.state_dict().items()}
-        if served != loaded:
-            odd = sorted(set(served) ^ set(loaded)) or [n for n in served if served[n] != loaded[n]]
+        base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        served = base.state_dict(keep_vars=True)
+        pairs = []
+        for name, tensor in loaded.items():
+            layer, _, kind = name.rpartition(".")
+            target = served.get(name, served.get(f"{layer}.base_layer.{kind}"))
+            if target is None or target.shape != tensor.shape:
+                raise BadRequest(
+                    f"'{folder}' holds another architecture than the served model ({name} "
+                    f"{tuple(tensor.shape)} has no match); it must be a version of "
+                    f"{self.base_model}",
+                    param="path",
+                )
+            pairs.append((target, tensor))
+        covered = {id(target) for target, _ in pairs}
+        left = [n for n, t in served.items() if id(t) not in covered and "lora_" not in n]
+        if left:
             raise BadRequest(
-                f"'{folder}' holds another architecture than the served model (first "
-                f"difference: {odd[0]}); it must be a version of {self.base_model}",
+                f"'{folder}' has no {left[0]} (and {len(left) - 1} more weights of the served "
+                f"model); it must be a whole version of {self.base_model}",
                 param="path",
             )
-        self.model = model.eval()
+        with torch.no_grad():
+            for target, tensor in pairs:
+                target.copy_(tensor)
         log.info("loaded the weights of %s in %.2fs", folder, time.perf_counter() - started)
 
     async def _ensure_loaded(self) -> None:
