@@ -415,6 +415,24 @@ def test_example_full_run_through_magsrl_up(tmp_path: Path) -> None:
         log = (tmp_path / "state" / "logs" / "policy.log").read_text()
         assert log.count('"POST /v1/weights HTTP/1.1" 200') == 3
         assert log.count('"DELETE /v1/weights HTTP/1.1" 200') == 1
+
+        # A LoRA run next adapts the base model, not the full run's last version.
+        from magsrl.cli.train import load_config
+
+        lora_config = load_config(example, steps=1).model_dump()
+        lora_config |= {"name": "tiny-lora", "lora": {"enabled": True, "dropout": 0.0}}
+        lora_yaml = tmp_path / "lora.yaml"
+        lora_yaml.write_text(json.dumps(lora_config))  # JSON is YAML
+        command = [sys.executable, "-m", "magsrl.cli", "train", str(lora_yaml)]
+        lora = subprocess.run(
+            [*command, "--url", trainer[1]],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert lora.returncode == 0, lora.stdout + lora.stderr
+        assert httpx.get(f"{policy[1]}/v1/weights", timeout=30).json()["path"] is None
     finally:
         kill_stack(proc)
 

@@ -142,6 +142,8 @@ class RunLoop:
         if not self.config.lora.enabled:
             await self._publish_weights(version, reload=reload)
             return
+        if reload:
+            await self._restore_base_weights()
         name = adapter_name(self.run_id, version)
         if name is not None and reload:
             await self._policy("DELETE", f"/v1/adapters/{name}")
@@ -171,6 +173,14 @@ class RunLoop:
             await self._policy("POST", "/v1/weights", body)
         prune_versions(self.run_dir, keep=version)
         self.hooks.on_version(version, name)
+
+    async def _restore_base_weights(self) -> None:
+        """LoRA adapts the base model: a policy still serving a full fine-tuning run's
+        weights goes back to its own first (a policy without /v1/weights never changed)."""
+        from magsrl.trainer.weights_sync import serves_reloaded_weights
+
+        if await serves_reloaded_weights(self.http, self.settings, self.headers):
+            await self._policy("DELETE", "/v1/weights")
 
     # ---- setup ----------------------------------------------------------------------------
     async def _setup(self) -> tuple[Schedule, int, int]:

@@ -92,3 +92,17 @@ async def check_full_finetune(
     refusal = full_finetune_refusal(status, run_dir)
     if refusal is not None:
         raise BadRequest(refusal, param="lora.enabled")
+
+
+async def serves_reloaded_weights(
+    http: httpx.AsyncClient, settings: TrainerSettings, headers: dict[str, str]
+) -> bool:
+    """Whether the policy serves weights some full fine-tuning run loaded (not its own);
+    False when it cannot tell (no such route, unreachable: the publish then reports it)."""
+    try:
+        resp = await http.get(
+            f"{settings.policy_url}/v1/weights", headers=headers, timeout=settings.policy_timeout_s
+        )
+    except httpx.HTTPError:
+        return False
+    return resp.status_code == 200 and resp.json().get("path") is not None
