@@ -297,7 +297,11 @@ class Learner:
             weights = item.suffix in WEIGHT_SUFFIXES or item.name.endswith(".index.json")
             if item.is_file() and not weights:
                 shutil.copyfile(item, folder / item.name)
-        state = {name: t.detach().to(self.dtype) for name, t in self.model.state_dict().items()}
+        # Cast on the host: a second copy of a 7B model would not fit beside training.
+        state = {
+            name: t.detach().to(device="cpu", dtype=self.dtype)
+            for name, t in self.model.state_dict().items()
+        }
         self.model.save_pretrained(str(folder), state_dict=state)  # safetensors
 
     def save_checkpoint(self, path: Path, extra: dict[str, Any] | None = None) -> None:
