@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from magsrl.common.errors import InvalidInput, ServiceUnavailable
-from magsrl.engines import hf_generate
+from magsrl.engines import hf_generate, hf_weights
 from magsrl.engines.hf_adapters import Adapters
 from magsrl.engines.hf_batching import BatchScheduler, Pending
 from magsrl.engines.settings import HFEngineSettings
@@ -137,12 +137,18 @@ class HFEngine(Engine):
 
     # ---- models and adapters --------------------------------------------------------
     def model_names(self) -> list[str]:
-        return [self.base_model, *self.adapters.paths]
+        alias = [self._weights_name] if self._weights_name is not None else []
+        return [self.base_model, *alias, *self.adapters.paths]
 
     def adapter_paths(self) -> dict[str, str]:
         return dict(self.adapters.paths)
 
     async def load_adapter(self, name: str, path: str) -> None:
+        if name in self.model_names():  # the base, an adapter, or reloaded weights' name
+            raise InvalidInput(
+                f"a model named '{name}' is already loaded; unload it first or pick another name",
+                param="name",
+            )
         folder = self.adapters.check_new(name, path, self.base_model)
         lm = await self._ensure_loaded()
 
@@ -153,14 +159,47 @@ class HFEngine(Engine):
 
     async def unload_adapter(self, name: str) -> None:
         self.check_model(name)
-        if name == self.base_model:
-            raise InvalidInput("the base model cannot be unloaded", param="name")
+        if name not in self.adapters.paths:  # the base, or the name of reloaded weights
+            raise InvalidInput(
+                f"'{name}' is not an adapter; full weights go back with DELETE /v1/weights",
+                param="name",
+            )
         lm = await self._ensure_loaded()
 
         def detach() -> None:
             lm.model = self.adapters.detach(lm.model, name)
 
         await asyncio.get_running_loop().run_in_executor(self._executor, detach)
+
+    # ---- full weights (POST /v1/weights): a full fine-tuning version replaces the base --------
+    weights_refusal = None  # this engine can
+    _weights_name: str | None = None
+    _weights_path: str | None = None
+
+    def loaded_weights(self) -> tuple[str | None, str | None]:
+        return self._weights_name, self._weights_path
+
+    def check_model(self, name: str | None) -> str | None:
+        if name is not None and name == self._weights_name:
+            return None  # the reloaded base model, not an adapter
+        return super().check_model(name)
+
+    async def reload_weights(self, path: str | None, name: str | None) -> None:
+        """Loads the weights of model folder ``path`` (None: the served checkpoint's own)
+        between two generate calls: the copy runs on the model thread, so no batch sees half
+        of it."""
+        from magsrl.models.tiny import resolve_model
+
+        lm = await self._ensure_loaded()
+        folder = Path(path) if path is not None else Path(resolve_model(self.settings.policy_model))
+        await asyncio.get_running_loop().run_in_executor(
+            self._executor,
+            lambda: hf_weights.copy_weights(
+                lm.model, folder, device=self.device, dtype=self.dtype, base_name=self.base_model
+            ),
+        )
+        self._weights_name = name if path is not None else None
+        self._weights_path = str(folder) if path is not None else None
 
     def frame_size(self, width: int, height: int) -> tuple[int, int]:
         from magsrl.zoom.families import resized_size

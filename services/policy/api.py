@@ -12,15 +12,19 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from magsrl.common.errors import BadRequest, UnprocessableEntity, validation_message
+from magsrl.policy.config import PolicySettings
 from magsrl.policy.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     LoadAdapterRequest,
+    LoadWeightsRequest,
     ModelCard,
     ModelList,
+    WeightsStatus,
 )
 from magsrl.policy.serving_answer import AnswerService
 from magsrl.policy.serving_chat import ChatService
+from magsrl.policy.weights import confined_model_folder, weights_status
 from magsrl.proto.policy import AnswerRequest, AnswerResponse
 from magsrl.zoom.engine import Engine
 
@@ -39,7 +43,12 @@ def get_answer(request: Request) -> AnswerService:
     return request.app.state.answer
 
 
+def get_settings(request: Request) -> PolicySettings:
+    return request.app.state.settings
+
+
 EngineDep = Annotated[Engine, Depends(get_engine)]
+SettingsDep = Annotated[PolicySettings, Depends(get_settings)]
 ChatDep = Annotated[ChatService, Depends(get_chat)]
 AnswerDep = Annotated[AnswerService, Depends(get_answer)]
 
@@ -140,6 +149,37 @@ async def load_adapter(body: LoadAdapterRequest, engine: EngineDep) -> dict[str,
 async def unload_adapter(name: str, engine: EngineDep) -> dict[str, str]:
     await engine.unload_adapter(name)
     return {"status": "unloaded", "name": name}
+
+
+@router.get("/v1/weights", response_model=WeightsStatus, tags=["weights"])
+async def get_weights(engine: EngineDep, settings: SettingsDep) -> WeightsStatus:
+    """What the base model name serves, and whether this engine can load other weights."""
+    return weights_status(engine, settings)
+
+
+@router.post(
+    "/v1/weights",
+    response_model=WeightsStatus,
+    tags=["weights"],
+    summary="Serve the weights of a model folder (a full fine-tuning version) while serving",
+)
+async def load_weights(
+    body: LoadWeightsRequest, engine: EngineDep, settings: SettingsDep
+) -> WeightsStatus:
+    folder = confined_model_folder(body.path, settings.allowed_weight_roots())
+    await engine.reload_weights(str(folder), body.name)
+    return weights_status(engine, settings)
+
+
+@router.delete(
+    "/v1/weights",
+    response_model=WeightsStatus,
+    tags=["weights"],
+    summary="Go back to the served checkpoint's own weights",
+)
+async def reset_weights(engine: EngineDep, settings: SettingsDep) -> WeightsStatus:
+    await engine.reload_weights(None, None)
+    return weights_status(engine, settings)
 
 
 # vLLM's runtime-LoRA endpoints, so a policy can stand in for vLLM as an upstream.

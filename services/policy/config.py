@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
-from magsrl.common.settings import ServiceSettings
+from magsrl.common.settings import CommaList, ServiceSettings, default_cache_dir, split_comma_list
 
 DEFAULT_PORT = 8000
 
@@ -56,6 +57,15 @@ class PolicySettings(ServiceSettings):
     max_images: int = Field(8, ge=1, le=64, description="Most images in one chat request.")
     max_image_pixels: int = Field(64_000_000, ge=1, description="Largest decoded input image.")
     max_adapters: int = Field(8, ge=1, description="LoRA adapters held at once.")
+    runs_dir: Path = Field(
+        default_factory=lambda: default_cache_dir() / "runs",
+        description="The trainer's run folders (the trainer's MAGSRL_RUNS_DIR): full "
+        "fine-tuning versions that POST /v1/weights may load live under it.",
+    )
+    weights_roots: CommaList = Field(
+        default_factory=list,
+        description="More folders POST /v1/weights may load from (runs_dir always may).",
+    )
     batch_wait_ms: float = Field(
         0.0,
         ge=0,
@@ -105,3 +115,12 @@ class PolicySettings(ServiceSettings):
         description="Encoding of the viewer's side-by-side crops: lossless by default, so the "
         "comparison shows the upscaler and not the codec.",
     )
+
+    @field_validator("weights_roots", mode="before")
+    @classmethod
+    def _roots(cls, value: object) -> object:
+        return split_comma_list(value)
+
+    def allowed_weight_roots(self) -> list[Path]:
+        """Folders whose subfolders ``POST /v1/weights`` may load, resolved."""
+        return [Path(root).resolve() for root in (self.runs_dir, *self.weights_roots)]

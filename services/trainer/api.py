@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from magsrl.proto.trainer import RunCreated, RunInfo, RunList
 from magsrl.trainer.run_config import RunConfig
 from magsrl.trainer.runs import RunManager, events_as_sse
+from magsrl.trainer.weights_sync import check_full_finetune
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -29,6 +30,7 @@ RunsDep = Annotated[RunManager, Depends(get_runs)]
     summary="Start a training run (queued behind the one training, if any)",
 )
 async def create_run(config: RunConfig, runs: RunsDep) -> JSONResponse:
+    await check_full_finetune(config, runs.settings, runs.http)  # never a failure at step 1
     run = runs.submit(config)
     body = RunCreated(run_id=run.info.run_id, status=run.info.status, position=runs.position(run))
     return JSONResponse(body.model_dump(), status_code=202)

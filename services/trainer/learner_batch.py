@@ -41,11 +41,26 @@ LM_HEAD = "lm_head"
 IMAGE_TOKEN_TYPE = 1  # mm_token_type_ids: 0 text, 1 image (2 video: never sent here)
 
 
-def lora_target_pattern(model: nn.Module, targets: list[str] | str) -> str:
+VISION_TOWER = "visual"  # Qwen2-VL, Qwen2.5-VL and Qwen3-VL: the ViT and its merger
+
+
+def vision_tower(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The vision tower (patch embedding, blocks and merger) and its qualified name."""
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] == VISION_TOWER:
+            return name, module
+    return None
+
+
+def lora_target_pattern(
+    model: nn.Module, targets: list[str] | str, *, train_vision: bool = False
+) -> str:
     """A peft ``target_modules`` regex: the named (or, for "all-linear", all) linear layers of
-    the language model only; the vision tower has layers of the same names (gate_proj, ...)."""
+    the language model only; the vision tower has layers of the same names (gate_proj, ...),
+    which are adapted too when ``train_vision``."""
     decoder = model.get_decoder()
     prefix = next(name for name, module in model.named_modules() if module is decoder)
+    wanted = targets
     if targets == "all-linear":
         targets = sorted(
             {n.rsplit(".", 1)[-1] for n, m in decoder.named_modules() if isinstance(m, nn.Linear)}
@@ -55,7 +70,23 @@ def lora_target_pattern(model: nn.Module, targets: list[str] | str) -> str:
     head = [t for t in targets if t == LM_HEAD]
     names = "|".join(re.escape(t) for t in targets if t != LM_HEAD)
     pattern = rf"{re.escape(prefix)}\.(?:.*\.)?(?:{names})" if names else ""
-    return "|".join(p for p in (pattern, *head) if p)
+    vision = _vision_targets(model, wanted, train_vision)
+    return "|".join(p for p in (pattern, *head, *vision) if p)
+
+
+def _vision_targets(model: nn.Module, targets: list[str] | str, train_vision: bool) -> list[str]:
+    """Exact names of the vision tower's linear layers to adapt (none unless asked). Exact:
+    its merger's layers are called "0" and "2", which as a pattern would match whole blocks."""
+    tower = vision_tower(model) if train_vision else None
+    if tower is None:
+        return []
+    prefix, module = tower
+    return [
+        re.escape(f"{prefix}.{name}")
+        for name, layer in module.named_modules()
+        if isinstance(layer, nn.Linear)
+        and (targets == "all-linear" or name.rsplit(".", 1)[-1] in targets)
+    ]
 
 
 def load_policy(
@@ -63,8 +94,16 @@ def load_policy(
 ) -> tuple[nn.Module, nn.Module | None]:
     """The model to train (peft LoRA around the base, or the base itself for full fine-
     tuning), in train mode, and the KL reference: None with LoRA (the adapter is disabled
-    instead), a frozen copy with full fine-tuning when beta > 0."""
-    model = load_model(model_dir, device=str(device), dtype=dtype)
+    instead), a frozen copy with full fine-tuning when beta > 0.
+
+    ``dtype`` is the compute dtype. With LoRA the frozen base is held in it (peft keeps the
+    adapter weights in fp32). Full fine-tuning holds every weight in fp32, the master copy
+    the optimizer updates: a bf16 weight cannot take an update below 2^-8 of its size (a
+    step at lr 1e-5 mostly rounds away), so the learner computes in bf16 under autocast over
+    fp32 weights (``Learner``). The vision tower is frozen unless ``lora.train_vision``; the
+    reference, which gets no gradients, is held in the compute dtype."""
+    full = not config.lora.enabled
+    model = load_model(model_dir, device=str(device), dtype=torch.float32 if full else dtype)
     model.config.use_cache = False  # training forwards never reuse a KV cache
     reference = None
     if config.lora.enabled:
@@ -77,12 +116,18 @@ def load_policy(
                 r=lora.r,
                 lora_alpha=lora.alpha,
                 lora_dropout=lora.dropout,
-                target_modules=lora_target_pattern(model, lora.target_modules),
+                target_modules=lora_target_pattern(
+                    model, lora.target_modules, train_vision=lora.train_vision
+                ),
                 task_type="CAUSAL_LM",
             ),
         )
-    elif config.grpo.beta > 0:
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    else:
+        tower = vision_tower(model)
+        if tower is not None and not config.lora.train_vision:
+            tower[1].requires_grad_(False)
+        if config.grpo.beta > 0:
+            reference = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
     if config.grpo.disable_dropout:
         disable_dropout(model)
     if use_gradient_checkpointing(config, device):

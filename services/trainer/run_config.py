@@ -261,6 +261,11 @@ class LoraSettings(_Strict):
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names (e.g. [q_proj, v_proj]), or all-linear."
     )
+    train_vision: bool = Field(
+        False,
+        description="Train the vision tower (ViT and merger) too: full fine-tuning updates its "
+        "weights, LoRA adapts its linear layers. Off: it stays frozen, the language model learns.",
+    )
 
     @field_validator("target_modules")
     @classmethod

@@ -222,6 +222,11 @@ class RunLoop:
     async def _publish_version(self, version: int, *, reload: bool = False) -> None:
         """Loads version ``version`` into the policy; ``reload`` first unloads a copy the
         policy may still hold from before a trainer restart (same name, same files)."""
+        if not self.config.lora.enabled:
+            await self._publish_weights(version, reload=reload)
+            return
+        if reload:
+            await self._restore_base_weights()
         name = adapter_name(self.run_id, version)
         if name is not None and reload:
             await self._policy("DELETE", f"/v1/adapters/{name}")
@@ -233,6 +238,32 @@ class RunLoop:
         if older is not None:
             await self._policy("DELETE", f"/v1/adapters/{older}")
         self.hooks.on_version(version, name)
+
+    async def _publish_weights(self, version: int, *, reload: bool) -> None:
+        """Full fine-tuning: the policy swaps in version ``version``'s whole model and serves
+        it as ``<run>-v<n>`` (version 0: the base model's own weights); older folders go. A
+        resumed run first saves its version again from the checkpoint it loaded."""
+        from magsrl.trainer.weights_sync import prune_versions, version_folder
+
+        name = adapter_name(self.run_id, version)
+        if name is None:
+            await self._policy("DELETE", "/v1/weights")
+        else:
+            folder = version_folder(self.run_dir, version)
+            if reload:
+                await asyncio.to_thread(self.learner.save_adapter, folder)
+            body = {"name": name, "path": str(folder.resolve())}
+            await self._policy("POST", "/v1/weights", body)
+        prune_versions(self.run_dir, keep=version)
+        self.hooks.on_version(version, name)
+
+    async def _restore_base_weights(self) -> None:
+        """LoRA adapts the base model: a policy still serving a full fine-tuning run's
+        weights goes back to its own first (a policy without /v1/weights never changed)."""
+        from magsrl.trainer.weights_sync import serves_reloaded_weights
+
+        if await serves_reloaded_weights(self.http, self.settings, self.headers):
+            await self._policy("DELETE", "/v1/weights")
 
     # ---- setup ----------------------------------------------------------------------------
     async def _setup(self) -> tuple[Schedule, int, int]:

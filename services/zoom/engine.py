@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from magsrl.common.errors import NotFound
+from magsrl.common.errors import InvalidInput, NotFound
 from magsrl.zoom.families import ModelFamily
 
 FinishReason = Literal["stop", "length"]
@@ -141,3 +141,25 @@ class Engine(abc.ABC):
             f"the model '{name}' does not exist; loaded: {', '.join(self.model_names())}",
             param="model",
         )
+
+    # ---- full weights (full fine-tuning, POST /v1/weights) -----------------------------------
+    # Engines that can load weights while serving override the three members below.
+    weights_refusal: str | None = (
+        "this engine cannot load full model weights while serving: the vLLM release magsrl "
+        "pins exposes weight updates only in its development mode (docs/decisions.md). Train "
+        "with LoRA (lora.enabled: true), or serve the policy with the hf engine (MAGSRL_ENGINE=hf)"
+    )
+
+    async def reload_weights(self, path: str | None, name: str | None) -> None:
+        """Serve the weights of the model folder ``path`` under the base name and ``name``;
+        ``path`` None goes back to the served checkpoint's own weights."""
+        raise WeightsNotReloadable(self.weights_refusal or "weights cannot be reloaded")
+
+    def loaded_weights(self) -> tuple[str | None, str | None]:
+        """``(name, path)`` of the weights loaded by ``reload_weights``; None: the original."""
+        return None, None
+
+
+class WeightsNotReloadable(InvalidInput):
+    """This engine cannot take new full weights while serving (vLLM's release has no route
+    for it): a full fine-tuning run is the caller's choice to change."""
