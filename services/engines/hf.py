@@ -21,8 +21,8 @@ import torch
 
 from magsrl.common.errors import BadRequest
 from magsrl.engines.recorder import TokenRecorder
+from magsrl.engines.settings import EngineSettings
 from magsrl.models.device import pick_device, pick_dtype
-from magsrl.policy.config import PolicySettings
 from magsrl.zoom.engine import (
     Completion,
     Engine,
@@ -52,7 +52,7 @@ class _Prepared:
 
 
 class HFEngine(Engine):
-    def __init__(self, settings: PolicySettings) -> None:
+    def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         self.base_model = settings.served_model_name or settings.policy_model
         self.device = pick_device(settings.device)

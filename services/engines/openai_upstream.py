@@ -1,7 +1,14 @@
 """The ``openai`` engine: an upstream OpenAI-compatible server (the vLLM container in
 production, or another magsrl policy). Images travel as data URLs; LoRA adapters load at
 runtime through vLLM's ``/v1/load_lora_adapter``; sampled token ids come from vLLM's
-``return_token_ids`` when the upstream offers them."""
+``return_token_ids`` when the upstream offers them.
+
+The model family (and so the box convention) is learned from the upstream once, never
+guessed from a name: a magsrl policy reports it on its model card (the ``family``
+extension); vLLM's card gives ``root``, the path it loaded (vllm/entrypoints/openai/
+protocol.py, ``ModelCard.root``), whose ``config.json`` names the ``model_type`` when that
+folder is readable here; otherwise ``MAGSRL_POLICY_FAMILY`` must say it, and until then
+``/ready`` names what is missing."""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import io
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +24,7 @@ from PIL import Image
 
 from magsrl.common.errors import APIError, ServiceUnavailable
 from magsrl.common.images import to_b64
-from magsrl.policy.config import PolicySettings
+from magsrl.engines.settings import EngineSettings
 from magsrl.zoom.engine import (
     Completion,
     Engine,
@@ -25,7 +33,7 @@ from magsrl.zoom.engine import (
     StreamDelta,
     UnknownModel,
 )
-from magsrl.zoom.families import FAMILIES, ModelFamily, resized_size
+from magsrl.zoom.families import ModelFamily, family_for_config, get_family, resized_size
 
 
 class UpstreamError(APIError):
@@ -36,16 +44,36 @@ class UpstreamError(APIError):
         self.status_code = status
 
 
-def guess_family(model: str) -> ModelFamily:
-    return FAMILIES["qwen3_vl"] if "qwen3" in model.lower() else FAMILIES["qwen2_5_vl"]
+FAMILY_FIELD = "family"  # magsrl's extension on a model card
+
+
+def family_from_card(card: dict[str, Any], fallback: str | None) -> ModelFamily:
+    """The family of the model a ``/v1/models`` card describes: the card's own ``family``
+    (a magsrl policy), the ``model_type`` in ``config.json`` of its ``root`` folder (vLLM,
+    when the folder is readable here), or ``fallback`` (the ``policy_family`` setting).
+    Raises ValueError saying how to fix it when none applies."""
+    if card.get(FAMILY_FIELD):
+        return get_family(str(card[FAMILY_FIELD]))
+    root = card.get("root")
+    config = Path(str(root)) / "config.json" if root else None
+    if config is not None and config.is_file():
+        return family_for_config(json.loads(config.read_text(encoding="utf-8")))
+    if fallback:
+        return get_family(fallback)
+    raise ValueError(
+        f"cannot learn the family of the upstream model {card.get('id')!r}: its model card "
+        f"has no '{FAMILY_FIELD}', and its root {root!r} is not a model folder readable "
+        "here; set MAGSRL_POLICY_FAMILY to qwen2_5_vl or qwen3_vl"
+    )
 
 
 class OpenAIEngine(Engine):
-    def __init__(self, settings: PolicySettings) -> None:
+    def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         self.base_model = settings.served_model_name or settings.policy_model
         self.upstream_model = settings.policy_model
-        self.family = guess_family(settings.policy_model)
+        self._family: ModelFamily | None = None
+        self._family_problem = "the model family is not known yet (upstream not asked)"
         headers = {}
         if settings.upstream_api_key is not None:
             headers["Authorization"] = f"Bearer {settings.upstream_api_key.get_secret_value()}"
@@ -63,11 +91,26 @@ class OpenAIEngine(Engine):
             return f"upstream {self.base_url} unreachable ({exc.__class__.__name__})"
         if resp.status_code != 200:
             return f"upstream {self.base_url}/models answered {resp.status_code}"
-        names = [m.get("id") for m in resp.json().get("data", [])]
+        cards = [m for m in resp.json().get("data", []) if isinstance(m, dict)]
+        names = [m.get("id") for m in cards]
         if self.upstream_model not in names:
             return f"upstream does not serve '{self.upstream_model}' (it has {names})"
         self._adapters = [n for n in names if n != self.upstream_model]
+        if self._family is None:
+            card = cards[names.index(self.upstream_model)]
+            try:
+                self._family = family_from_card(card, self.settings.family)
+            except ValueError as exc:
+                self._family_problem = str(exc)
+                return self._family_problem
         return None
+
+    @property
+    def family(self) -> ModelFamily:  # type: ignore[override]
+        """Learned from the upstream by ``ready``; a 503 until then."""
+        if self._family is None:
+            raise ServiceUnavailable(self._family_problem)
+        return self._family
 
     def model_names(self) -> list[str]:
         return [self.base_model, *self._adapters]

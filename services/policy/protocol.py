@@ -188,6 +188,9 @@ class ModelCard(BaseModel):
     owned_by: str = "magsrl"
     root: str | None = None  # extension (vLLM): the base model of an adapter
     parent: str | None = None  # extension (vLLM)
+    # extension (magsrl): the model family (qwen2_5_vl, qwen3_vl), read from the model's own
+    # config.json, so clients pick the box convention without guessing from a name.
+    family: str | None = None
 
 
 class ModelList(BaseModel):

@@ -43,7 +43,7 @@ async def conversation(
     settings = PolicySettings(
         policy_model=str(model_dir), magnifier_url=magnifier_url, zoom_protocol=script.protocol
     )  # type: ignore[arg-type]
-    engine = HFEngine(settings)
+    engine = HFEngine(settings.engine_settings())
     await engine.start()
     magnifier = MagnifierClient(magnifier_url)
     try:

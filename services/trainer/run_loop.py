@@ -16,7 +16,7 @@ import logging
 import shutil
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import httpx
 import torch
 
 from magsrl.clients.magnifier import MagnifierClient
-from magsrl.common.remote import remote_error
+from magsrl.clients.policy import PolicyClient, PolicyError, PolicyUnavailable
 from magsrl.proto.rollout import RolloutJob, RolloutResult
 from magsrl.trainer.config import TrainerSettings
 from magsrl.trainer.grpo import group_advantages
@@ -106,7 +106,9 @@ class RunLoop:
         self.hooks = hooks
         self.http = http
         api_key = settings.api_key.get_secret_value() if settings.api_key else None
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.policy = PolicyClient(
+            settings.policy_url, api_key=api_key, timeout_s=settings.policy_timeout_s, client=http
+        )
         self.magnifier = MagnifierClient(settings.magnifier_url, api_key=api_key)
         self.metrics = MetricsLog(run_dir, settings.tensorboard)
         self.queue_config = QueueConfig(
@@ -120,35 +122,31 @@ class RunLoop:
         self.stale_total = 0
 
     # ---- policy adapters ------------------------------------------------------------------
-    async def _policy(self, method: str, path: str, body: dict[str, Any] | None = None) -> None:
-        url = f"{self.settings.policy_url}{path}"
+    async def _policy(self, call: Awaitable[None], what: str) -> None:
         try:
-            resp = await self.http.request(
-                method, url, json=body, headers=self.headers, timeout=self.settings.policy_timeout_s
-            )
-        except httpx.HTTPError as exc:
-            raise RunFailed(
-                f"the policy at {self.settings.policy_url} is unreachable: {exc}"
-            ) from exc
-        if resp.status_code >= 400:
-            message, _ = remote_error(resp)
-            if method == "DELETE" and resp.status_code == 404:
-                return  # already gone (a restarted policy)
-            raise RunFailed(f"the policy refused {method} {path} ({resp.status_code}): {message}")
+            await call
+        except PolicyUnavailable as exc:
+            raise RunFailed(f"the policy is unavailable for {what}: {exc}") from exc
+        except PolicyError as exc:
+            raise RunFailed(f"the policy refused {what} ({exc.status}): {exc.message}") from exc
 
     async def _publish_version(self, version: int, *, reload: bool = False) -> None:
         """Loads version ``version`` into the policy; ``reload`` first unloads a copy the
         policy may still hold from before a trainer restart (same name, same files)."""
         name = adapter_name(self.run_id, version)
+        policy = self.policy
         if name is not None and reload:
-            await self._policy("DELETE", f"/v1/adapters/{name}")
+            # already gone is fine (a restarted policy)
+            await self._policy(policy.unload_adapter(name, missing_ok=True), f"unloading {name}")
         if name is not None:
             path = self.run_dir / "adapters" / f"v{version}"
-            await self._policy("POST", "/v1/adapters", {"name": name, "path": str(path.resolve())})
+            await self._policy(
+                policy.load_adapter(name, str(path.resolve())), f"loading adapter {name}"
+            )
         # Jobs of the previous step are all done: no one needs the older version.
         older = adapter_name(self.run_id, version - 1) if version > 1 else None
         if older is not None:
-            await self._policy("DELETE", f"/v1/adapters/{older}")
+            await self._policy(policy.unload_adapter(older, missing_ok=True), f"unloading {older}")
         self.hooks.on_version(version, name)
 
     # ---- setup ----------------------------------------------------------------------------
@@ -186,14 +184,18 @@ class RunLoop:
     # ---- one step -------------------------------------------------------------------------
     async def _jobs(self, schedule: Schedule, step: int, version: int) -> list[RolloutJob]:
         batch = schedule.batch(step)
-        grpo = self.config.grpo
+        group_size = self.config.grpo.group_size
         low, high = self.learner.processor.pixel_bounds()
         jobs = []
         for i, sample in enumerate(batch.samples):
             info = await self.magnifier.upload(Path(sample.image).read_bytes())
-            for g in range(grpo.group_size):
+            for g in range(group_size):
+                options = self.config.job_options(
+                    batch.zoom, seed=hash((self.config.seed, step, i, g)) % (2**31)
+                )
                 jobs.append(
                     RolloutJob(
+                        **options.model_dump(),
                         job_id=f"{self.run_id}:{step}:{i}:{g}",
                         run_id=self.run_id,
                         step=step,
@@ -203,15 +205,7 @@ class RunLoop:
                         policy_model=adapter_name(self.run_id, version),
                         sample=sample,
                         image_id=info.image_id,
-                        zoom=batch.zoom,
                         question_suffix=batch.question_suffix,
-                        upscale=self.config.rollout.upscale,
-                        max_rounds=grpo.max_rounds,
-                        max_tokens=grpo.max_new_tokens,
-                        temperature=grpo.temperature,
-                        top_p=grpo.top_p,
-                        seed=hash((self.config.seed, step, i, g)) % (2**31),
-                        protocol=self.config.zoom_protocol,
                         frame_min_pixels=low,
                         frame_max_pixels=high,
                         eos_token_id=self.learner.eos_id,
@@ -347,8 +341,8 @@ class RunLoop:
         self.hooks.on_checkpoint(step, str(path))
 
     async def _rescore(self, schedule: Schedule, step: int, version: int) -> None:
+        from magsrl.clients.judge import JudgeClient, JudgeError, JudgeUnavailable
         from magsrl.data.judging import judge_samples
-        from magsrl.judge.client import JudgeClient, JudgeError, JudgeUnavailable
 
         api_key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
         try:

@@ -122,6 +122,13 @@ class Engine(abc.ABC):
     def frame_size(self, width: int, height: int) -> tuple[int, int]:
         """The size the model's processor resizes an image to (Qwen2.5-VL's box frame)."""
 
+    def known_family(self) -> ModelFamily | None:
+        """The family once it is known (loaded, or learned from an upstream), else None."""
+        try:
+            return self.family
+        except (AttributeError, APIError):
+            return None
+
     async def start(self) -> None:
         """Load the model or connect to the upstream; /ready reports progress."""
         return None
