@@ -21,9 +21,7 @@ THUMB_DIR = "images"
 SYNTHETIC = "synthetic"
 # Episode fields an eval config also takes at its top level; the arms own zoom and upscale,
 # and the sampling seed is the run's seed.
-EPISODE_KEYS = tuple(
-    k for k in EpisodeOptions.model_fields if k not in ("zoom", "upscale", "seed")
-)
+EPISODE_KEYS = tuple(k for k in EpisodeOptions.model_fields if k not in ("zoom", "upscale", "seed"))
 
 
 class ArmSpec(BaseModel):

@@ -28,7 +28,7 @@ CropPlacement = Literal["tool", "user"]
 MagnifierDown = Literal["error", "continue"]
 """When the magnifier is unreachable: fail (503), or answer without zooming."""
 
-ImageFormat = Literal["png", "jpeg", "webp"]
+ImageFormat = Literal["png", "webp", "jpeg"]
 """Encodings of crops and stored images."""
 
 ReturnCrops = Literal["ref", "b64"]

@@ -140,16 +140,20 @@ class FakeMagnifier:
 
 @dataclass
 class FakePolicy:
-    """A policy service as the worker sees it: ``/v1/policy/info``, ``/v1/models`` (with
-    the family extension) and ``/v1/chat/completions`` that says the scripted replies, with
-    token ids and log-probs that extend round by round as a real template's would."""
+    """A policy service as the worker and the run loop see it: ``/v1/policy/info``,
+    ``/v1/models`` (with the family extension), ``/v1/adapters`` and
+    ``/v1/chat/completions``, which says the scripted replies in order (then ``default``),
+    with token ids and log-probs that extend round by round as a real template's would."""
 
     model: str
     family: str
     replies: list[str]
     served: ServedOptions = field(default_factory=ServedOptions)
+    default: str = "<answer>red</answer>"
+    by_seed: list[str] = field(default_factory=list)  # reply by the request's seed, when set
     chats: list[dict[str, Any]] = field(default_factory=list)
-    _context: list[int] = field(default_factory=lambda: [5, 6, 7])
+    adapters: list[str] = field(default_factory=list)
+    adapter_log: list[str] = field(default_factory=list)  # "+name" loads, "-name" unloads
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -165,28 +169,50 @@ class FakePolicy:
             )
             return httpx.Response(200, json=info.model_dump(mode="json"))
         if path == "/v1/models":
-            card = {"id": self.model, "object": "model", "root": self.model}
-            return httpx.Response(200, json={"data": [{**card, "family": self.family}]})
+            names = [self.model, *self.adapters]
+            cards = [{"id": n, "root": self.model, "family": self.family} for n in names]
+            return httpx.Response(200, json={"data": cards})
+        if path == "/v1/adapters" and request.method == "POST":
+            name = json.loads(request.content)["name"]
+            self.adapters.append(name)
+            self.adapter_log.append(f"+{name}")
+            return httpx.Response(200, json={"status": "loaded", "name": name})
+        if path.startswith("/v1/adapters/") and request.method == "DELETE":
+            name = path.rsplit("/", 1)[1]
+            if name not in self.adapters:
+                return httpx.Response(404, json={"error": {"type": "not_found", "message": name}})
+            self.adapters.remove(name)
+            self.adapter_log.append(f"-{name}")
+            return httpx.Response(200, json={"status": "unloaded", "name": name})
         if path == "/v1/chat/completions":
-            body = json.loads(request.content)
-            self.chats.append(body)
-            text = self.replies.pop(0)
-            k = len(self.chats)
-            ids = [20 + k, EOS]
-            prompt = list(self._context)
-            self._context = [*prompt, *ids, 30 + k]  # the observation after this turn
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
-                "token_ids": ids,
-                "logprobs": {"content": [{"token": "t", "logprob": -0.5} for _ in ids]},
-            }
-            usage = {"prompt_tokens": len(prompt), "completion_tokens": len(ids)}
-            return httpx.Response(
-                200, json={"choices": [choice], "prompt_token_ids": prompt, "usage": usage}
-            )
+            return self._chat(json.loads(request.content))
         return httpx.Response(404, json={"error": {"type": "not_found", "message": path}})
+
+    def _chat(self, body: dict[str, Any]) -> httpx.Response:
+        self.chats.append(body)
+        if body["model"] not in (self.model, *self.adapters):
+            message = f"the model '{body['model']}' does not exist"
+            return httpx.Response(404, json={"error": {"type": "not_found", "message": message}})
+        text = self.replies.pop(0) if self.replies else self.default
+        if self.by_seed and body.get("seed") is not None:
+            text = self.by_seed[body["seed"] % len(self.by_seed)]
+        # Turn k's prompt is the earlier turns' prompt, their sampled ids and observations.
+        turns = sum(1 for m in body["messages"] if m["role"] == "assistant")
+        prompt = [5, 6, 7]
+        for i in range(turns):
+            prompt += [21 + i, EOS, 31 + i]
+        ids = [21 + turns, EOS]
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": "stop",
+            "token_ids": ids,
+            "logprobs": {"content": [{"token": "t", "logprob": -0.5} for _ in ids]},
+        }
+        usage = {"prompt_tokens": len(prompt), "completion_tokens": len(ids)}
+        return httpx.Response(
+            200, json={"choices": [choice], "prompt_token_ids": prompt, "usage": usage}
+        )
 
 
 def jpeg_with_orientation(image: Image.Image, orientation: int) -> bytes:
