@@ -132,3 +132,23 @@ def test_each_vocabulary_is_declared_once() -> None:
                 if re.search(pattern, text) and path.name != "vocab.py":
                     found.append(f"{path.relative_to(ROOT)}: {pattern}")
     assert found == []
+
+
+def test_family_from_a_card_never_from_the_name(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Pins the name guess ("qwen3" in the id): the family comes from the card's extension,
+    else config.json of its root (a folder, or a Hub id in the local cache), else the
+    setting, else a refusal that says how to fix it."""
+    from magsrl.engines.openai_upstream import family_from_card
+
+    repo = tmp_path / "hub" / "models--acme--qwen3-looking-name"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc")
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    (repo / "snapshots" / "abc" / "config.json").write_text('{"model_type": "qwen2_5_vl"}')
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert family_from_card({"id": "x", "family": "qwen3_vl"}, None).name == "qwen3_vl"
+    card = {"id": "acme/qwen3-looking-name", "root": "acme/qwen3-looking-name"}
+    assert family_from_card(card, None).name == "qwen2_5_vl"
+    assert family_from_card({"id": "qwen3", "root": "qwen3"}, "qwen2_5_vl").name == "qwen2_5_vl"
+    with pytest.raises(ValueError, match="MAGSRL_POLICY_FAMILY"):
+        family_from_card({"id": "Qwen/Qwen3-VL-8B", "root": "Qwen/Qwen3-VL-8B"}, None)

@@ -7,8 +7,8 @@ The model family (and so the box convention) is learned from the upstream once, 
 guessed from a name: a magsrl policy reports it on its model card (the ``family``
 extension); vLLM's card gives ``root``, the path it loaded (vllm/entrypoints/openai/
 protocol.py, ``ModelCard.root``), whose ``config.json`` names the ``model_type`` when that
-folder is readable here; otherwise ``MAGSRL_POLICY_FAMILY`` must say it, and until then
-``/ready`` names what is missing."""
+folder, or the Hub cache's copy of that repo id, is readable here; otherwise
+``MAGSRL_POLICY_FAMILY`` must say it, and until then ``/ready`` names what is missing."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import io
 import json
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +24,7 @@ from PIL import Image
 from magsrl.common.errors import APIError, ServiceUnavailable
 from magsrl.common.images import to_b64
 from magsrl.engines.settings import EngineSettings
+from magsrl.models.hub import model_config_file
 from magsrl.zoom.engine import (
     Completion,
     Engine,
@@ -55,15 +55,16 @@ def family_from_card(card: dict[str, Any], fallback: str | None) -> ModelFamily:
     if card.get(FAMILY_FIELD):
         return get_family(str(card[FAMILY_FIELD]))
     root = card.get("root")
-    config = Path(str(root)) / "config.json" if root else None
-    if config is not None and config.is_file():
+    config = model_config_file(str(root)) if root else None
+    if config is not None:
         return family_for_config(json.loads(config.read_text(encoding="utf-8")))
     if fallback:
         return get_family(fallback)
     raise ValueError(
         f"cannot learn the family of the upstream model {card.get('id')!r}: its model card "
-        f"has no '{FAMILY_FIELD}', and its root {root!r} is not a model folder readable "
-        "here; set MAGSRL_POLICY_FAMILY to qwen2_5_vl or qwen3_vl"
+        f"has no '{FAMILY_FIELD}', and its root {root!r} is neither a model folder nor in "
+        "the Hugging Face cache here (HF_HOME); mount that cache, or set "
+        "MAGSRL_POLICY_FAMILY to qwen2_5_vl or qwen3_vl"
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from magsrl.common.settings import ServiceSettings
 from magsrl.engines.settings import EngineSettings
@@ -16,6 +16,7 @@ from magsrl.proto.episode import (
     ServedOptions,
 )
 from magsrl.proto.vocab import CropPlacement, ImageFormat, MagnifierDown, Protocol
+from magsrl.zoom.families import FAMILIES
 
 DEFAULT_PORT = 8000
 
@@ -124,3 +125,12 @@ class PolicySettings(ServiceSettings):
         """The part of these settings an engine reads."""
         names = set(EngineSettings.model_fields) - {"family"}
         return EngineSettings(family=self.policy_family, **self.model_dump(include=names))
+
+    @field_validator("policy_family")
+    @classmethod
+    def _known_family(cls, name: str | None) -> str | None:
+        if not name:
+            return None  # compose passes an unset variable as ""
+        if name not in FAMILIES:
+            raise ValueError(f"unknown model family {name!r}; choose from {sorted(FAMILIES)}")
+        return name
