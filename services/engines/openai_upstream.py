@@ -82,6 +82,11 @@ class OpenAIEngine(Engine):
         self.http = httpx.AsyncClient(timeout=settings.upstream_timeout_s, headers=headers)
         self._adapters: list[str] = []
 
+    async def start(self) -> None:
+        # Learn the family (and the adapters) once now; /ready retries while the upstream
+        # is still starting.
+        await self.ready()
+
     async def close(self) -> None:
         await self.http.aclose()
 
