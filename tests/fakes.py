@@ -174,6 +174,9 @@ class FakePolicy:
             return httpx.Response(200, json={"data": cards})
         if path == "/v1/adapters" and request.method == "POST":
             name = json.loads(request.content)["name"]
+            if name in self.adapters:  # as the policy does
+                message = f"a model named '{name}' is already loaded; unload it first"
+                return httpx.Response(400, json={"error": {"type": "bad", "message": message}})
             self.adapters.append(name)
             self.adapter_log.append(f"+{name}")
             return httpx.Response(200, json={"status": "loaded", "name": name})

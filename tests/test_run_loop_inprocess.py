@@ -83,19 +83,20 @@ def dataset(tmp: Path) -> Path:
     return out
 
 
-def test_run_loop_trains_versions_through_the_worker(tmp_path: Path, redis_url: str) -> None:
-    """Pins the run loop's contract with the policy and the workers, in-process: each step
-    enqueues G jobs per sample at the current version carrying the run's episode options,
-    the worker answers them at exactly that version, the learner gets the scored group,
-    and version n+1 is loaded into the policy while version n-1 is unloaded."""
-    config = RunConfig(
-        name="inproc",
-        model="tiny",
-        dataset=str(dataset(tmp_path)),
-        steps=3,
-        grpo={"group_size": 2, "prompts_per_step": 2, "micro_batch_size": 2, "max_new_tokens": 8},
-        episode={"protocol": "tags", "crop_in": "user", "crop_max_pixels": 80_000},
-    )  # type: ignore[arg-type]
+RUN_CONFIG: dict[str, Any] = {
+    "name": "inproc",
+    "model": "tiny",
+    "steps": 3,
+    "grpo": {"group_size": 2, "prompts_per_step": 2, "micro_batch_size": 2, "max_new_tokens": 8},
+    "episode": {"protocol": "tags", "crop_in": "user", "crop_max_pixels": 80_000},
+}
+
+
+def run_inprocess(
+    tmp_path: Path, redis_url: str, policy: FakePolicy
+) -> tuple[InProcessRunLoop, dict[str, Any], list[int]]:
+    """A whole run: the real RunLoop and the real worker, side by side in one event loop."""
+    config = RunConfig.model_validate({**RUN_CONFIG, "dataset": str(dataset(tmp_path))})
     settings = TrainerSettings(
         runs_dir=tmp_path / "runs",
         redis_url=redis_url,
@@ -103,10 +104,6 @@ def test_run_loop_trains_versions_through_the_worker(tmp_path: Path, redis_url: 
         tensorboard=False,
         step_timeout_s=20,
     )  # type: ignore[call-arg]
-    # Replies by seed: groups get right and wrong answers, so advantages are non-zero.
-    policy = FakePolicy(
-        MODEL, "qwen3_vl", [], by_seed=["<answer>red</answer>", "<answer>blue</answer>"]
-    )
     magnifier = FakeMagnifier()
     steps: list[int] = []
 
@@ -144,6 +141,19 @@ def test_run_loop_trains_versions_through_the_worker(tmp_path: Path, redis_url: 
         return loop, summary
 
     loop, summary = asyncio.run(main())
+    return loop, summary, steps
+
+
+def test_run_loop_trains_versions_through_the_worker(tmp_path: Path, redis_url: str) -> None:
+    """Pins the run loop's contract with the policy and the workers, in-process: each step
+    enqueues G jobs per sample at the current version carrying the run's episode options,
+    the worker answers them at exactly that version, the learner gets the scored group,
+    and version n+1 is loaded into the policy while version n-1 is unloaded."""
+    # Replies by seed: groups get right and wrong answers, so advantages are non-zero.
+    policy = FakePolicy(
+        MODEL, "qwen3_vl", [], by_seed=["<answer>red</answer>", "<answer>blue</answer>"]
+    )
+    loop, summary, steps = run_inprocess(tmp_path, redis_url, policy)
     assert steps == [1, 2, 3]
     assert summary["version"] == 3
     assert policy.adapter_log == [
@@ -163,3 +173,15 @@ def test_run_loop_trains_versions_through_the_worker(tmp_path: Path, redis_url: 
     learned = loop.learner.steps
     assert learned and all(r.error is None and r.segments for step in learned for r in step)
     assert (tmp_path / "runs" / "inproc" / "final" / "adapter").is_dir()
+
+
+def test_versions_left_in_the_policy_by_a_crashed_trainer_are_replaced(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Pins a resumed run failing with "already loaded": a trainer killed between loading
+    version n and checkpointing step n retrains step n after the restart, and its new
+    version n must replace the stale one the policy still holds."""
+    policy = FakePolicy(MODEL, "qwen3_vl", [], adapters=["inproc-v1", "inproc-v2"])
+    _, summary, steps = run_inprocess(tmp_path, redis_url, policy)
+    assert steps == [1, 2, 3] and summary["version"] == 3
+    assert policy.adapter_log[:3] == ["-inproc-v1", "+inproc-v1", "-inproc-v2"]

@@ -130,13 +130,15 @@ class RunLoop:
         except PolicyError as exc:
             raise RunFailed(f"the policy refused {what} ({exc.status}): {exc.message}") from exc
 
-    async def _publish_version(self, version: int, *, reload: bool = False) -> None:
-        """Loads version ``version`` into the policy; ``reload`` first unloads a copy the
-        policy may still hold from before a trainer restart (same name, same files)."""
+    async def _publish_version(self, version: int) -> None:
+        """Loads version ``version`` into the policy, first unloading a copy it may still
+        hold from before a trainer restart: a resumed run retrains the steps after its last
+        checkpoint, so a version the crashed process had published has other weights now
+        (one DELETE per step, a 404 in the usual case)."""
         name = adapter_name(self.run_id, version)
         policy = self.policy
-        if name is not None and reload:
-            # already gone is fine (a restarted policy)
+        if name is not None:
+            # already gone is fine (the usual case, and a restarted policy)
             await self._policy(policy.unload_adapter(name, missing_ok=True), f"unloading {name}")
         if name is not None:
             path = self.run_dir / "adapters" / f"v{version}"
@@ -303,7 +305,7 @@ class RunLoop:
             await queue.ensure_group()
             await publish_run(queue._client, self.queue_config)
             try:
-                await self._publish_version(version, reload=True)
+                await self._publish_version(version)
                 for step in range(start, self.config.steps):
                     if self.hooks.cancelled.is_set():
                         raise asyncio.CancelledError
