@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
+from magsrl.proto.episode import EpisodeOptions
 from magsrl.proto.policy import Round
+from magsrl.proto.vocab import Protocol, UpscaleMethod, ZoomMode
 
 RESULTS_FILE = "results.jsonl"
 REPORT_JSON = "report.json"
@@ -15,14 +18,93 @@ REPORT_MD = "report.md"
 ACCURACY_PLOT = "accuracy.png"
 MANIFEST_FILE = "manifest.json"
 THUMB_DIR = "images"
+SYNTHETIC = "synthetic"
+# Episode fields an eval config also takes at its top level; the arms own zoom and upscale,
+# and the sampling seed is the run's seed.
+EPISODE_KEYS = tuple(k for k in EpisodeOptions.model_fields if k not in ("zoom", "upscale", "seed"))
 
 
 class ArmSpec(BaseModel):
     """One arm of the ablation: how ``/answer`` is asked to zoom and to enlarge crops."""
 
     name: str
-    zoom: Literal["auto", "off", "force"]
-    upscale: Literal["sr", "bicubic", "crop"]
+    zoom: ZoomMode
+    upscale: UpscaleMethod
+
+
+class EvalConfig(BaseModel):
+    """One eval run. Fields in ``MANIFEST_FIELDS`` (``magsrl.eval.config``) must match to
+    resume into the same folder; the episode's fields count at the top level there."""
+
+    dataset: str = Field(description="A path a loader reads, or `synthetic`.")
+    kind: str = "auto"
+    split: str | None = None
+    arms: list[ArmSpec] = Field(min_length=1)
+    limit: int | None = Field(None, ge=1, description="Samples drawn with the seed; all if unset.")
+    seed: int = Field(0, ge=0, description="Sample draw, option order, and bootstrap.")
+    concurrency: int = Field(4, ge=1, le=256)
+    out: Path
+    backend: Literal["policy", "openai"] = "policy"
+    policy_url: str = "http://127.0.0.1:8000"
+    openai_url: str | None = Field(None, description="The openai backend's /v1 base URL.")
+    openai_api_key: SecretStr | None = None
+    magnifier_url: str = "http://127.0.0.1:8001"
+    api_key: SecretStr | None = Field(None, description="Bearer key of the magsrl services.")
+    model: str | None = Field(
+        None, description="policy: an adapter (default: base); openai: the served model name."
+    )
+    episode: EpisodeOptions = Field(
+        default_factory=EpisodeOptions,
+        description="The episode's options, as /answer takes them; each arm sets zoom and "
+        "upscale. Unset crop and protocol fields: the policy's (the openai backend: the "
+        "policy's defaults).",
+    )
+    synthetic_size: tuple[int, int] = Field((2048, 1536), description="Canvas of `synthetic`.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_episode_keys(cls, data: Any) -> Any:
+        """``protocol``, ``max_rounds``, ``temperature``, ``max_tokens`` and the crop fields
+        may be given at the top level (as the CLI and older manifests do)."""
+        if not isinstance(data, dict):
+            return data
+        flat = {k: data[k] for k in EPISODE_KEYS if k in data}
+        if not flat:
+            return data
+        rest = {k: v for k, v in data.items() if k not in flat}
+        episode = data.get("episode")
+        base = episode.model_dump(exclude_unset=True) if isinstance(episode, BaseModel) else {}
+        if isinstance(episode, dict):
+            base = dict(episode)
+        return {**rest, "episode": {**base, **flat}}
+
+    @property
+    def protocol(self) -> Protocol | None:
+        return self.episode.protocol
+
+    @property
+    def max_rounds(self) -> int:
+        return self.episode.max_rounds
+
+    @property
+    def temperature(self) -> float:
+        return self.episode.temperature
+
+    @property
+    def max_tokens(self) -> int | None:
+        return self.episode.max_tokens
+
+    @field_validator("openai_url")
+    @classmethod
+    def _v1(cls, url: str | None) -> str | None:
+        return url.rstrip("/") if url else url
+
+    def check(self) -> None:
+        if self.backend == "openai" and (not self.openai_url or not self.model):
+            raise ValueError(
+                "the openai backend needs --openai URL (the /v1 base) and --model NAME "
+                "(the model that endpoint serves)"
+            )
 
 
 class EvalRecord(BaseModel):

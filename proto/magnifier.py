@@ -6,11 +6,12 @@ The policy and the rollout workers import these as the client side; nothing is d
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 
 from magsrl.proto.images import ImageInfo, ImageRef
+from magsrl.proto.vocab import ImageFormat, UpscaleMethod
 
 __all__ = ["Coords", "Crop", "ImageInfo", "ImageRef", "ZoomRequest", "ZoomResponse"]
 
@@ -50,7 +51,7 @@ class ZoomRequest(BaseModel):
         le=MAX_OUTPUT_PIXELS,
         description="Output pixel budget per crop; the server default when omitted.",
     )
-    format: Literal["png", "webp", "jpeg"] = "png"
+    format: ImageFormat = "png"
     quality: int = Field(90, ge=1, le=100, description="For webp and jpeg.")
 
 
@@ -61,7 +62,7 @@ class Crop(BaseModel):
     )
     width: int
     height: int
-    method: Literal["sr", "bicubic", "crop"] = Field(description="What was applied.")
+    method: UpscaleMethod = Field(description="What was applied.")
     model: str | None = Field(description="The SR backend used, when method is sr.")
     scale: float = Field(description="Output width over crop width.")
     perceptual: bool = Field(

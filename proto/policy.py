@@ -3,17 +3,34 @@ trainer's rollout workers."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 
+from magsrl.proto.episode import MAX_ROUNDS_LIMIT, EpisodeOptions, ServedOptions
 from magsrl.proto.images import ImageRef
+from magsrl.proto.vocab import ReturnCrops
+
+__all__ = [
+    "MAX_ROUNDS_LIMIT",
+    "AnswerRequest",
+    "AnswerResponse",
+    "CropRef",
+    "LoadWeightsRequest",
+    "PolicyInfo",
+    "Round",
+    "WeightsStatus",
+    "Zoom",
+]
 
 MAX_OPTIONS = 26  # letters A-Z
-MAX_ROUNDS_LIMIT = 8
 
 
-class AnswerRequest(BaseModel):
+class AnswerRequest(EpisodeOptions):
+    """The question, its image, and the episode's options (``EpisodeOptions``, embedded as
+    they are: ``zoom``, ``upscale``, ``max_rounds``, the sampling fields, and the crop and
+    protocol fields that default to the policy's settings)."""
+
     image: ImageRef
     question: str = Field(min_length=1, max_length=8000)
     options: list[Annotated[str, Field(max_length=2000)]] | None = Field(
@@ -22,22 +39,8 @@ class AnswerRequest(BaseModel):
         max_length=MAX_OPTIONS,
         description="Multiple-choice options; the answer is normalised to a letter.",
     )
-    zoom: Literal["auto", "off", "force"] = Field(
-        "auto",
-        description="auto: the model decides; off: one round, no zoom; force: round 1 "
-        "must name a region (MGPO's grounding turn).",
-    )
-    upscale: Literal["sr", "bicubic", "crop"] = Field(
-        "sr", description="How the magnifier enlarges crops: the paper's ablation."
-    )
-    max_rounds: int = Field(
-        2, ge=1, le=MAX_ROUNDS_LIMIT, description="Model turns, the answering turn included."
-    )
     model: str | None = Field(None, description="An adapter name; the base model by default.")
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    max_tokens: int | None = Field(None, ge=1, le=32768, description="Per round.")
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # int64, as torch takes it
-    return_crops: Literal["ref", "b64"] = Field(
+    return_crops: ReturnCrops = Field(
         "ref", description="ref: crops by box and size only; b64: include the image data."
     )
 
@@ -87,3 +90,46 @@ class AnswerResponse(BaseModel):
         description="Set when zooms were requested but the magnifier was unavailable "
         "and the loop went on without them.",
     )
+
+
+class PolicyInfo(BaseModel):
+    """``GET /v1/policy/info``: what a policy serves, so that a rollout worker or an eval
+    runs episodes exactly as ``/answer`` does."""
+
+    model: str = Field(description="The base model's name, as /v1/models lists it first.")
+    family: str | None = Field(
+        description="qwen2_5_vl or qwen3_vl, from the model's config.json; null while loading."
+    )
+    convention: str | None = Field(description="The family's box convention.")
+    served: ServedOptions = Field(description="The episode settings a request may leave unset.")
+    adapters: list[str] = Field(default_factory=list, description="Loaded LoRA adapters.")
+
+
+class LoadWeightsRequest(BaseModel):
+    """``POST /v1/weights`` (magsrl's, not OpenAI's): the base model's weights from a folder."""
+
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="A model folder (config.json and safetensors) under the policy's runs_dir "
+        "or weights_roots, e.g. a full fine-tuning version the trainer saved.",
+    )
+    name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="A model name that serves exactly these weights (e.g. <run>-v<n>): a "
+        "request for it fails once other weights are loaded. The base name serves them too.",
+    )
+
+
+class WeightsStatus(BaseModel):
+    """``GET /v1/weights``: what the base model name serves, and whether it can change."""
+
+    model: str = Field(description="The base model name.")
+    name: str | None = Field(description="The name of the loaded weights; null: the original.")
+    path: str | None = Field(description="Their folder; null: the served checkpoint's own.")
+    reloadable: bool = Field(description="Whether this engine can load weights while serving.")
+    reason: str | None = Field(None, description="Why not, and what to do instead.")
+    roots: list[str] = Field(description="Folders whose model folders it may load.")

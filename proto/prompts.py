@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from importlib import resources
 from importlib.resources.abc import Traversable
 
-from magsrl.common.coords import Convention
+from magsrl.proto.vocab import Convention
 
 __all__ = [
     "OPTION_LETTERS",

@@ -3,15 +3,16 @@ upscaling method (``POST /v1/viewer/crops``), and the sample images to pick from
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, get_args
 
 from pydantic import BaseModel, Field, field_validator
 
 from magsrl.proto.images import ImageRef
 from magsrl.proto.magnifier import MAX_BOXES_PER_REQUEST
+from magsrl.proto.vocab import UpscaleMethod
 
-Method = Literal["sr", "bicubic", "crop"]
-ALL_METHODS: tuple[Method, ...] = ("sr", "bicubic", "crop")
+Method = UpscaleMethod
+ALL_METHODS: tuple[Method, ...] = get_args(UpscaleMethod)
 
 Coordinate = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 PixelBox = Annotated[list[Coordinate], Field(min_length=4, max_length=4)]

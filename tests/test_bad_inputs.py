@@ -446,8 +446,13 @@ class FakeUpstream:
 
 @pytest.fixture(scope="module")
 def proxied() -> Iterator[tuple[TestClient, FakeUpstream]]:
+    # The fake's model card names no family and no readable root, as vLLM serving a Hub id
+    # with no shared cache: the deployment says the family.
     settings = PolicySettings(
-        engine="openai", policy_model="up", upstream_url="http://upstream.invalid/v1"
+        engine="openai",
+        policy_model="up",
+        upstream_url="http://upstream.invalid/v1",
+        policy_family="qwen2_5_vl",
     )
     app: FastAPI = policy_app(settings)
     upstream = FakeUpstream()

@@ -73,9 +73,9 @@ def zoom_model(
 async def _run_episodes(model: Path, magnifier_url: str) -> list[Episode]:
     from magsrl.clients.magnifier import MagnifierClient
     from magsrl.engines.hf import HFEngine
-    from magsrl.policy.config import PolicySettings
+    from magsrl.engines.settings import EngineSettings
 
-    engine = HFEngine(PolicySettings(policy_model=str(model), magnifier_url=magnifier_url))
+    engine = HFEngine(EngineSettings(policy_model=str(model)))
     await engine.start()
     magnifier = MagnifierClient(magnifier_url)
     image, data = rocket()
@@ -433,9 +433,9 @@ def test_a_step_trains_the_adapter_that_the_policy_then_serves(
 async def _serve_adapter(model: Path, adapter: Path, magnifier_url: str) -> LoopOutcome:
     from magsrl.clients.magnifier import MagnifierClient
     from magsrl.engines.hf import HFEngine
-    from magsrl.policy.config import PolicySettings
+    from magsrl.engines.settings import EngineSettings
 
-    engine = HFEngine(PolicySettings(policy_model=str(model), magnifier_url=magnifier_url))
+    engine = HFEngine(EngineSettings(policy_model=str(model)))
     await engine.start()
     magnifier = MagnifierClient(magnifier_url)
     try:

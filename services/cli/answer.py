@@ -4,10 +4,16 @@ round's reasoning and the boxes it zoomed into."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from magsrl.proto.vocab import UPSCALE_METHODS, ZOOM_MODES
+
+if TYPE_CHECKING:
+    from magsrl.proto.policy import AnswerResponse
 
 DEFAULT_TIMEOUT_S = 600.0
 
@@ -20,8 +26,8 @@ def register(sub: Any) -> None:
         "--url", default=os.environ.get("MAGSRL_POLICY_URL", "http://127.0.0.1:8000")
     )
     parser.add_argument("--options", nargs="+", default=None, help="multiple-choice options")
-    parser.add_argument("--zoom", choices=["auto", "off", "force"], default="auto")
-    parser.add_argument("--upscale", choices=["sr", "bicubic", "crop"], default="sr")
+    parser.add_argument("--zoom", choices=ZOOM_MODES, default="auto")
+    parser.add_argument("--upscale", choices=UPSCALE_METHODS, default="sr")
     parser.add_argument("--max-rounds", type=int, default=2)
     parser.add_argument("--model", default=None, help="an adapter name")
     parser.add_argument("--json", action="store_true", help="print the raw response")
@@ -29,8 +35,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import httpx
     from rich.console import Console
+
+    from magsrl.clients.policy import PolicyClient, PolicyError
 
     console = Console()
     if not args.image.is_file():
@@ -46,45 +53,35 @@ def run(args: argparse.Namespace) -> int:
         data["options"] = json.dumps(args.options)
     if args.model:
         data["model"] = args.model
-    key = os.environ.get("MAGSRL_API_KEY")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    async def ask() -> AnswerResponse:
+        key = os.environ.get("MAGSRL_API_KEY") or None
+        async with PolicyClient(args.url, api_key=key, timeout_s=DEFAULT_TIMEOUT_S) as policy:
+            return await policy.answer_upload(args.image.read_bytes(), args.image.name, data)
+
     try:
-        resp = httpx.post(
-            f"{args.url.rstrip('/')}/answer",
-            data=data,
-            headers=headers,
-            files={"image": (args.image.name, args.image.read_bytes())},
-            timeout=DEFAULT_TIMEOUT_S,
-        )
-    except httpx.HTTPError as exc:
-        console.print(f"[red]cannot reach the policy at {args.url}: {exc}")
-        return 1
-    body = resp.json()
-    if resp.status_code != 200:
-        console.print(f"[red]{resp.status_code}: {body.get('error', {}).get('message', body)}")
+        response = asyncio.run(ask())
+    except PolicyError as exc:
+        console.print(f"[red]{exc.status or 'error'}: {exc.message}", markup=True)
         return 1
     if args.json:
-        print(json.dumps(body, indent=2))
+        print(response.model_dump_json(indent=2))
         return 0
-    for i, rnd in enumerate(body["rounds"], 1):
+    for i, rnd in enumerate(response.rounds, 1):
         console.rule(f"round {i}")
-        console.print(rnd["text"], markup=False, highlight=False)
-        for zoom in rnd["zooms"]:
-            if zoom["error"]:
-                console.print(f"  zoom refused: {zoom['error']}", markup=False)
+        console.print(rnd.text, markup=False, highlight=False)
+        for zoom in rnd.zooms:
+            if zoom.error:
+                console.print(f"  zoom refused: {zoom.error}", markup=False)
             else:
-                crop = zoom["crop"] or {}
-                console.print(
-                    f"  zoom {zoom['box']} -> {crop.get('width')}x"
-                    f"{crop.get('height')} ({crop.get('method')}, "
-                    f"{crop.get('model')})",
-                    markup=False,
-                )
+                crop = zoom.crop
+                size = f"{crop.width}x{crop.height} ({crop.method}, {crop.model})" if crop else ""
+                console.print(f"  zoom {zoom.box} -> {size}", markup=False)
     console.rule("answer")
-    console.print(body["answer"], markup=False, highlight=False)
-    t = body["timing_ms"]
+    console.print(response.answer, markup=False, highlight=False)
+    t = response.timing_ms
     console.print(
-        f"[dim]model {body['model']}; {t['total']:.0f} ms total = model "
+        f"[dim]model {response.model}; {t['total']:.0f} ms total = model "
         f"{t['model']:.0f} + magnifier {t['magnifier']:.0f} + overhead "
         f"{t['overhead']:.0f}"
     )

@@ -51,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     from rich.table import Table
 
+    from magsrl.clients.judge import JudgeClient, JudgeError, JudgeUnavailable
     from magsrl.data.curriculum import level_counts, parse_mix, select_stratified, write_curriculum
     from magsrl.data.judging import judge_samples
     from magsrl.data.loaders import load_dataset
-    from magsrl.judge.client import JudgeClient, JudgeError, JudgeUnavailable
 
     console = Console()
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from magsrl.eval.arms import DEFAULT_ARMS, known_arms
+from magsrl.proto.vocab import PROTOCOLS
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -57,7 +58,10 @@ def register(sub: Any) -> None:
         "--magnifier", default=None, help="with --openai (default: MAGSRL_MAGNIFIER_URL)"
     )
     target.add_argument(
-        "--protocol", choices=("tags", "tools"), default="tags", help="with --openai"
+        "--protocol",
+        choices=PROTOCOLS,
+        default=None,
+        help="tags or tools (default: the policy's; with --openai: tags)",
     )
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--max-rounds", type=int, default=2)
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             magnifier_url=args.magnifier or settings.magnifier_url,
             api_key=settings.api_key,
             model=args.model,
-            protocol=args.protocol,
+            **({"protocol": args.protocol} if args.protocol else {}),
             max_rounds=args.max_rounds,
             temperature=args.temperature,
             max_tokens=args.max_tokens,

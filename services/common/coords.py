@@ -15,18 +15,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from enum import StrEnum
+
+from magsrl.proto.vocab import Convention
 
 Box = tuple[float, float, float, float]
 Size = tuple[int, int]  # (width, height)
-
-
-class Convention(StrEnum):
-    PIXEL = "pixel"
-    NORM1 = "norm1"
-    NORM1000 = "norm1000"
-    QWEN3_VL = "qwen3-vl"
-    QWEN2_5_VL = "qwen2.5-vl"
 
 
 class BoxError(ValueError):

@@ -9,13 +9,12 @@ import io
 import math
 import warnings
 from collections.abc import Callable
-from typing import Literal
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from magsrl.common.errors import BadRequest, PayloadTooLarge
+from magsrl.proto.vocab import ImageFormat
 
-ImageFormat = Literal["png", "webp", "jpeg"]
 _PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}
 # PNG compression 1 is ~5x faster than the default 6 for ~10% larger files: crops are
 # short-lived, so latency wins.

@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from magsrl.clients.judge import JudgeClient
 from magsrl.common.images import to_b64
 from magsrl.data.curriculum import CurriculumEntry
 from magsrl.data.sample import Sample
-from magsrl.judge.client import JudgeClient
 from magsrl.proto.judge import Method, ScoreRequest
 
 # Batches stay well under the judge's default 32 MB body cap, base64 included.

@@ -1,41 +1,19 @@
-"""The one sample type every loader produces and every consumer (judge, trainer, eval) reads,
-and its JSONL form (the generic format, and the curriculum file's rows)."""
+"""The JSONL form of the one sample type (the generic format, and the curriculum file's rows).
+The ``Sample`` wire model itself lives in ``magsrl.proto.sample``: it travels inside rollout
+jobs."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel
 
-# How a sample's answer is compared to a model's: see magsrl.data.scorers.
-ScorerName = Literal["text", "mc", "yesno", "count"]
+from magsrl.proto.sample import Sample, ScorerName
 
-
-class Sample(BaseModel):
-    """One question about one image. ``image`` is an absolute path once loaded; in a JSONL
-    file it may be relative to the file. ``bbox`` is the target region, pixel xyxy in the
-    original image, when the dataset has one."""
-
-    id: str = Field(min_length=1)
-    image: str = Field(min_length=1)
-    question: str = Field(min_length=1)
-    answer: str
-    options: list[str] | None = None
-    bbox: list[float] | None = Field(None, min_length=4, max_length=4)
-    category: str | None = None
-    dataset: str = "jsonl"
-    scorer: ScorerName = "text"
-    extra: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("bbox")
-    @classmethod
-    def _ordered(cls, box: list[float] | None) -> list[float] | None:
-        if box is not None and (box[2] <= box[0] or box[3] <= box[1]):
-            raise ValueError(f"bbox {box} must be [x1, y1, x2, y2] with x2 > x1 and y2 > y1")
-        return box
+__all__ = ["Sample", "ScorerName", "read_jsonl", "resolve_image", "write_jsonl"]
 
 
 def resolve_image(sample: Sample, base: Path) -> Sample:

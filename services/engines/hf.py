@@ -28,7 +28,7 @@ from magsrl.common.errors import InvalidInput, ServiceUnavailable
 from magsrl.engines import hf_generate, hf_weights
 from magsrl.engines.hf_adapters import Adapters
 from magsrl.engines.hf_batching import BatchScheduler, Pending
-from magsrl.engines.settings import HFEngineSettings
+from magsrl.engines.settings import EngineSettings
 from magsrl.models.device import pick_device, pick_dtype
 from magsrl.zoom.engine import (
     Engine,
@@ -42,7 +42,7 @@ log = logging.getLogger("magsrl.policy.hf")
 
 
 class HFEngine(Engine):
-    def __init__(self, settings: HFEngineSettings) -> None:
+    def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         self.base_model = settings.served_model_name or settings.policy_model
         self.device = pick_device(settings.device)

@@ -3,6 +3,13 @@ production, or another magsrl policy). Images travel as data URLs; LoRA adapters
 runtime through vLLM's ``/v1/load_lora_adapter``; sampled token ids come from vLLM's
 ``return_token_ids`` when the upstream offers them.
 
+The model family (and so the box convention) is learned from the upstream once, never
+guessed from a name: a magsrl policy reports it on its model card (the ``family``
+extension); vLLM's card gives ``root``, the path it loaded (vllm/entrypoints/openai/
+protocol.py, ``ModelCard.root``), whose ``config.json`` names the ``model_type`` when that
+folder, or the Hub cache's copy of that repo id, is readable here; otherwise
+``MAGSRL_POLICY_FAMILY`` must say it, and until then ``/ready`` names what is missing.
+
 vLLM's semantics it relies on (pinned against tests/fakes/vllm_server.py, docs/policy.md):
 the log-probs mode is checked at start (engines/logprobs_mode.py); a turn the hermes parser
 split into content and calls is rebuilt from its token ids (engines/upstream_text.py);
@@ -31,8 +38,9 @@ from magsrl.common.errors import (
 )
 from magsrl.common.images import to_b64
 from magsrl.engines.logprobs_mode import observed_mode
-from magsrl.engines.settings import UpstreamEngineSettings
+from magsrl.engines.settings import EngineSettings
 from magsrl.engines.upstream_text import rebuilt_text, sampled_text
+from magsrl.models.hub import model_config_file
 from magsrl.zoom.engine import (
     Completion,
     Engine,
@@ -41,7 +49,7 @@ from magsrl.zoom.engine import (
     StreamDelta,
     UnknownModel,
 )
-from magsrl.zoom.families import FAMILIES, ModelFamily, resized_size
+from magsrl.zoom.families import ModelFamily, family_for_config, get_family, resized_size
 
 # An upstream 4xx answers the caller's request as we forwarded it, so it is the caller's
 # fault and keeps its kind; anything unlisted is plain invalid input.
@@ -63,16 +71,38 @@ def upstream_refusal(status: int, message: str, param: str | None) -> MagsrlErro
     return _REFUSALS.get(status, InvalidInput)(message, param=param)
 
 
-def guess_family(model: str) -> ModelFamily:
-    return FAMILIES["qwen3_vl"] if "qwen3" in model.lower() else FAMILIES["qwen2_5_vl"]
+FAMILY_FIELD = "family"  # magsrl's extension on a model card
+
+
+def family_from_card(card: dict[str, Any], fallback: str | None) -> ModelFamily:
+    """The family of the model a ``/v1/models`` card describes: the card's own ``family``
+    (a magsrl policy), the ``model_type`` in ``config.json`` of its ``root`` folder (vLLM,
+    when the folder is readable here), or ``fallback`` (the ``policy_family`` setting).
+    Raises ValueError saying how to fix it when none applies."""
+    if card.get(FAMILY_FIELD):
+        return get_family(str(card[FAMILY_FIELD]))
+    root = card.get("root")
+    config = model_config_file(str(root)) if root else None
+    if config is not None:
+        return family_for_config(json.loads(config.read_text(encoding="utf-8")))
+    if fallback:
+        return get_family(fallback)
+    raise ValueError(
+        f"cannot learn the family of the upstream model {card.get('id')!r}: its model card "
+        f"has no '{FAMILY_FIELD}', and its root {root!r} is neither a model folder nor in "
+        "the Hugging Face cache here (HF_HOME); mount that cache, or set "
+        "MAGSRL_POLICY_FAMILY to qwen2_5_vl or qwen3_vl"
+    )
 
 
 class OpenAIEngine(Engine):
-    def __init__(self, settings: UpstreamEngineSettings) -> None:
+    def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         self.base_model = settings.served_model_name or settings.policy_model
         self.upstream_model = settings.policy_model
-        self.family = guess_family(settings.policy_model)
+        self.logprobs_mode = settings.upstream_logprobs_mode
+        self._family: ModelFamily | None = None
+        self._family_problem = "the model family is not known yet (upstream not asked)"
         headers = {}
         if settings.upstream_api_key is not None:
             headers["Authorization"] = f"Bearer {settings.upstream_api_key.get_secret_value()}"
@@ -81,6 +111,11 @@ class OpenAIEngine(Engine):
         self._adapters: list[str] = []
         self._mode_checked = False
         self._detokenize = True  # until the upstream shows it has no /detokenize
+
+    async def start(self) -> None:
+        # Learn the family (and the adapters) once now; /ready retries while the upstream
+        # is still starting.
+        await self.ready()
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -93,20 +128,38 @@ class OpenAIEngine(Engine):
         if resp.status_code != 200:
             return f"upstream {self.base_url}/models answered {resp.status_code}"
         try:
-            names = [m.get("id") for m in resp.json().get("data", [])]
+            cards = [m for m in resp.json().get("data", []) if isinstance(m, dict)]
         except (ValueError, AttributeError, TypeError):
             return f"upstream {self.base_url}/models answered something that is not a model list"
+        names = [m.get("id") for m in cards]
         if self.upstream_model not in names:
             return f"upstream does not serve '{self.upstream_model}' (it has {names})"
         self._adapters = [n for n in names if n != self.upstream_model]
-        return await self._check_logprobs_mode()
+        card = cards[names.index(self.upstream_model)]
+        if self._family is None:
+            try:
+                self._family = family_from_card(card, self.settings.family)
+            except ValueError as exc:
+                self._family_problem = str(exc)
+                return self._family_problem
+        return await self._check_logprobs_mode(card)
 
-    async def _check_logprobs_mode(self) -> str | None:
+    async def _check_logprobs_mode(self, card: dict[str, Any]) -> str | None:
         """None when the upstream reports the log-probs mode the settings expect (or the
-        probe cannot tell); otherwise why the policy must not serve training."""
+        probe cannot tell); otherwise why the policy must not serve training. A magsrl
+        policy says its mode on its model card; vLLM says nothing, so it is probed."""
         if self._mode_checked:
             return None
         expected = self.settings.upstream_logprobs_mode
+        if card.get("logprobs_mode"):
+            mode, why = str(card["logprobs_mode"]), "its model card says so"
+            if mode != expected:
+                return (
+                    f"the upstream reports {mode} ({why}), but MAGSRL_UPSTREAM_LOGPROBS_MODE "
+                    f"is {expected}"
+                )
+            self._mode_checked = True
+            return None
 
         async def post(payload: dict[str, Any]) -> dict[str, Any] | None:
             try:
@@ -123,6 +176,13 @@ class OpenAIEngine(Engine):
             )
         self._mode_checked = True
         return None
+
+    @property
+    def family(self) -> ModelFamily:  # type: ignore[override]
+        """Learned from the upstream by ``ready``; a 503 until then."""
+        if self._family is None:
+            raise ServiceUnavailable(self._family_problem)
+        return self._family
 
     def model_names(self) -> list[str]:
         return [self.base_model, *self._adapters]

@@ -1,60 +1,46 @@
-"""What an engine reads from its settings, as structural types.
-
-The policy's ``PolicySettings`` satisfies both; so does any object with these attributes (a
-test's, a benchmark's). Declaring them here keeps the engines below the services: they never
-import ``magsrl.policy``.
-"""
+"""What an engine needs to know, and nothing more: the policy fills it from its settings
+(``PolicySettings.engine_settings``), the rollout worker and eval build it directly. Engines
+import this, never the policy's settings, so they sit below every service."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal
 
-from pydantic import SecretStr
-
-
-class EngineSettings(Protocol):
-    """Shared by every engine: which model, under which name, and the processor's pixel bounds
-    (the model's view of an image, which boxes in its frame depend on)."""
-
-    @property
-    def policy_model(self) -> str: ...
-    @property
-    def served_model_name(self) -> str | None: ...
-    @property
-    def min_image_pixels(self) -> int | None: ...
-    @property
-    def max_image_pixels_model(self) -> int | None: ...
+from pydantic import BaseModel, Field, SecretStr
 
 
-class HFEngineSettings(EngineSettings, Protocol):
-    """The in-process transformers engine: device, batching, context and adapter limits."""
-
-    @property
-    def device(self) -> str: ...
-    @property
-    def dtype(self) -> str: ...
-    @property
-    def torch_threads(self) -> int | None: ...
-    @property
-    def max_context(self) -> int | None: ...
-    @property
-    def default_max_tokens(self) -> int: ...
-    @property
-    def max_adapters(self) -> int: ...
-    @property
-    def batch_wait_ms(self) -> float: ...
-    @property
-    def max_batch(self) -> int: ...
-
-
-class UpstreamEngineSettings(EngineSettings, Protocol):
-    """The engine that forwards to an OpenAI-compatible server (vLLM in production)."""
-
-    @property
-    def upstream_url(self) -> str: ...
-    @property
-    def upstream_api_key(self) -> SecretStr | None: ...
-    @property
-    def upstream_timeout_s(self) -> float: ...
-    @property
-    def upstream_logprobs_mode(self) -> str: ...
+class EngineSettings(BaseModel):
+    policy_model: str = Field(
+        "tiny", description="A Hugging Face id, a local path, or `tiny` (the offline tiny model)."
+    )
+    served_model_name: str | None = Field(
+        None, description="The name clients use for the base model (default: policy_model)."
+    )
+    family: str | None = Field(
+        None,
+        description="The model family (qwen2_5_vl, qwen3_vl) when it cannot be learned: the "
+        "hf engine reads config.json; the openai engine asks the upstream, and needs this "
+        "only when the upstream does not say.",
+    )
+    # the openai engine
+    upstream_url: str = Field("http://127.0.0.1:8100/v1", description="Upstream /v1 base URL.")
+    upstream_api_key: SecretStr | None = Field(None, description="Bearer key for the upstream.")
+    upstream_timeout_s: float = Field(600.0, gt=0)
+    upstream_logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = Field(
+        "processed_logprobs",
+        description="The log-probs mode the upstream must run with (vLLM --logprobs-mode); "
+        "checked at start (engines/logprobs_mode.py).",
+    )
+    # the hf engine
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    torch_threads: int | None = Field(None, ge=1)
+    min_image_pixels: int | None = Field(None, ge=1, description="Processor lower pixel bound.")
+    max_image_pixels_model: int | None = Field(
+        None, ge=1, description="Processor pixel budget per image (the model's view)."
+    )
+    max_context: int | None = Field(None, ge=64)
+    default_max_tokens: int = Field(512, ge=1)
+    max_adapters: int = Field(8, ge=1)
+    batch_wait_ms: float = Field(0.0, ge=0)
+    max_batch: int = Field(16, ge=1)

@@ -9,8 +9,9 @@ plain low-resolution crops, on the same samples.
 from __future__ import annotations
 
 from magsrl.proto.eval import ArmSpec
+from magsrl.proto.vocab import UPSCALE_METHODS
 
-UPSCALES = ("sr", "bicubic", "crop")
+UPSCALES = UPSCALE_METHODS
 DEFAULT_ARMS = "zoom-sr,zoom-bicubic,zoom-crop,no-zoom"
 
 

@@ -14,12 +14,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-import httpx
-
+from magsrl.clients.magnifier import MagnifierClient
+from magsrl.clients.policy import PolicyAuthError, PolicyClient, PolicyError, PolicyUnavailable
 from magsrl.common.errors import APIError
-from magsrl.common.remote import remote_error
+from magsrl.common.images import decode_b64
+from magsrl.engines.openai_upstream import OpenAIEngine
+from magsrl.engines.settings import EngineSettings
 from magsrl.eval.config import EvalConfig, EvalSettings
+from magsrl.proto.episode import ServedOptions
 from magsrl.proto.policy import AnswerRequest, AnswerResponse
+from magsrl.zoom.answer import answer_episode
+from magsrl.zoom.loop import ZoomLoop
 
 log = logging.getLogger("magsrl.eval")
 
@@ -67,94 +72,75 @@ class _Transient(Exception):
 
 
 class PolicyBackend:
-    """A magsrl policy service: ``POST /answer``."""
+    """A magsrl policy service: ``POST /answer`` through the ``PolicyClient``."""
 
     def __init__(self, config: EvalConfig, settings: EvalSettings) -> None:
         self.url = config.policy_url.rstrip("/")
         key = config.api_key.get_secret_value() if config.api_key else None
-        self.http = httpx.AsyncClient(
-            base_url=self.url,
-            timeout=settings.eval_timeout_s,
-            headers={"Authorization": f"Bearer {key}"} if key else {},
-        )
+        self.client = PolicyClient(self.url, api_key=key, timeout_s=settings.eval_timeout_s)
         self.model = config.model
         self.settings = settings
 
     async def describe(self) -> dict[str, str]:
         try:
-            resp = await self.http.get("/v1/models")
-        except httpx.HTTPError as exc:
-            raise BackendDown(
-                f"the policy at {self.url} is unreachable ({exc.__class__.__name__}); "
-                "start it (magsrl up) or pass --policy URL"
-            ) from exc
-        if resp.status_code == 401:
-            raise BackendDown(f"the policy refused the API key: {remote_error(resp)[0]}")
-        if resp.status_code != 200:
-            raise BackendDown(f"the policy's /v1/models answered {resp.status_code}")
-        names = [m["id"] for m in resp.json().get("data", [])]
+            models = await self.client.models()
+        except PolicyAuthError as exc:
+            raise BackendDown(str(exc)) from exc
+        except PolicyUnavailable as exc:
+            raise BackendDown(f"{exc}; start it (magsrl up) or pass --policy URL") from exc
+        except PolicyError as exc:
+            raise BackendDown(f"the policy's /v1/models answered {exc.status}") from exc
+        names = [m.id for m in models]
         if self.model is not None and self.model not in names:
             raise BackendDown(f"the policy does not serve {self.model!r} (it has {names})")
         return {"kind": "policy", "url": self.url, "model": self.model or names[0]}
 
     async def answer(self, request: AnswerRequest) -> AnswerResponse:
-        body = request.model_dump(mode="json", exclude_none=True)
-
         async def call() -> AnswerResponse:
             try:
-                resp = await self.http.post("/answer", json=body)
-            except (httpx.TransportError, httpx.TimeoutException) as exc:
-                raise _Transient(f"the policy at {self.url}: {exc.__class__.__name__}") from exc
-            if resp.status_code == 200:
-                return AnswerResponse.model_validate(resp.json())
-            message, _ = remote_error(resp)
-            if resp.status_code in RETRY_STATUSES:
-                raise _Transient(f"the policy answered {resp.status_code}: {message}")
-            if resp.status_code == 401:
-                raise BackendDown(f"the policy refused the API key: {message}")
-            raise SampleFailed(f"{resp.status_code}: {message}")
+                return await self.client.answer(request)
+            except PolicyAuthError as exc:
+                raise BackendDown(str(exc)) from exc
+            except PolicyUnavailable as exc:
+                if exc.status in RETRY_STATUSES or exc.status == 0:
+                    raise _Transient(str(exc)) from exc
+                raise SampleFailed(f"{exc.status}: {exc.message}") from exc
+            except PolicyError as exc:
+                raise SampleFailed(f"{exc.status}: {exc.message}") from exc
 
         return await with_retries(
             call, self.settings.eval_retries, self.settings.eval_retry_backoff_s
         )
 
     async def close(self) -> None:
-        await self.http.aclose()
+        await self.client.close()
 
 
 class OpenAIBackend:
-    """Any OpenAI-compatible chat endpoint, with the zoom loop run here: the policy's own
-    ``AnswerService`` over its ``openai`` engine, so prompts, box parsing, crops and answer
-    normalisation are exactly what ``/answer`` does."""
+    """Any OpenAI-compatible chat endpoint, with the zoom loop run here: the same episode as
+    ``/answer`` (``magsrl.zoom.answer``) over the ``openai`` engine, so prompts, box parsing,
+    crops and answer normalisation are exactly what the policy does. The engine learns the
+    model's family from the endpoint (or ``MAGSRL_POLICY_FAMILY``), never from its name."""
 
     def __init__(self, config: EvalConfig, settings: EvalSettings) -> None:
-        from magsrl.clients.magnifier import MagnifierClient
-        from magsrl.engines.openai_upstream import OpenAIEngine
-        from magsrl.policy.config import PolicySettings
-        from magsrl.policy.serving_answer import AnswerService
-        from magsrl.zoom.loop import ZoomLoop
-
         assert config.openai_url is not None and config.model is not None  # EvalConfig.check
-        policy = PolicySettings(
-            engine="openai",
-            policy_model=config.model,
-            upstream_url=config.openai_url,
-            upstream_api_key=config.openai_api_key,
-            upstream_timeout_s=settings.eval_timeout_s,
-            magnifier_url=config.magnifier_url,
-            zoom_protocol=config.protocol,
-            api_key=config.api_key,
+        self.url = config.openai_url
+        self.engine = OpenAIEngine(
+            EngineSettings(
+                policy_model=config.model,
+                family=settings.policy_family,
+                upstream_url=config.openai_url,
+                upstream_api_key=config.openai_api_key,
+                upstream_timeout_s=settings.eval_timeout_s,
+            )
         )
         key = config.api_key.get_secret_value() if config.api_key else None
-        self.url = config.openai_url
-        self.engine = OpenAIEngine(policy)
         self.magnifier = MagnifierClient(
-            config.magnifier_url, api_key=key, timeout_s=policy.magnifier_timeout_s
+            config.magnifier_url, api_key=key, timeout_s=settings.eval_timeout_s
         )
-        self.http = httpx.AsyncClient(timeout=policy.url_timeout_s)
-        self.service = AnswerService(
-            self.engine, ZoomLoop(self.engine, self.magnifier), self.magnifier, self.http, policy
-        )
+        self.loop = ZoomLoop(self.engine, self.magnifier)
+        # Client-side there is no policy: its defaults, with the eval's own choices on top.
+        self.served = ServedOptions(protocol=config.protocol or "tags")
         self.settings = settings
 
     async def describe(self) -> dict[str, str]:
@@ -169,9 +155,20 @@ class OpenAIBackend:
         }
 
     async def answer(self, request: AnswerRequest) -> AnswerResponse:
+        if request.image.b64 is None:
+            raise SampleFailed("the openai backend takes inline images only")
+        data = decode_b64(request.image.b64)
+
         async def call() -> AnswerResponse:
             try:
-                return await self.service.answer(request)
+                return await answer_episode(
+                    self.loop,
+                    request,
+                    data,
+                    None,
+                    self.served,
+                    max_image_pixels=self.settings.max_image_pixels,
+                )
             except APIError as exc:
                 if exc.status_code in RETRY_STATUSES:
                     raise _Transient(str(exc)) from exc
@@ -186,7 +183,6 @@ class OpenAIBackend:
     async def close(self) -> None:
         await self.engine.close()
         await self.magnifier.close()
-        await self.http.aclose()
 
 
 def make_backend(config: EvalConfig, settings: EvalSettings) -> Backend:

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from magsrl.eval.config import MANIFEST_FIELDS, SYNTHETIC, EvalConfig
-from magsrl.proto.eval import MANIFEST_FILE, RESULTS_FILE, EvalRecord
+from magsrl.proto.eval import EPISODE_KEYS, MANIFEST_FILE, RESULTS_FILE, EvalRecord
 
 
 class ResultsConflict(ValueError):
@@ -20,7 +20,9 @@ class ResultsConflict(ValueError):
 
 
 def manifest_of(config: EvalConfig) -> dict[str, Any]:
-    data = config.model_dump(mode="json", include=set(MANIFEST_FIELDS))
+    # The episode's fields count at the top level, as before the episode section.
+    episode = config.episode.model_dump(mode="json", include=set(EPISODE_KEYS))
+    data = {**config.model_dump(mode="json"), **episode}
     if config.dataset != SYNTHETIC:
         data["synthetic_size"] = None  # only shapes generated scenes
     return {name: data[name] for name in MANIFEST_FIELDS}

@@ -147,17 +147,14 @@ def make_record(
 def request_for(
     sample: Sample, arm: ArmSpec, image: ImageInfo, config: EvalConfig
 ) -> AnswerRequest:
+    episode = config.episode.model_dump(exclude_none=True)
+    episode.update(zoom=arm.zoom, upscale=arm.upscale, seed=config.episode.seed or config.seed)
     return AnswerRequest(
+        **episode,
         image={"b64": to_b64(image.data)},  # type: ignore[arg-type]
         question=sample.question,
         options=sample.options,
-        zoom=arm.zoom,
-        upscale=arm.upscale,
-        max_rounds=config.max_rounds,
         model=config.model if config.backend == "policy" else None,
-        temperature=config.temperature,
-        max_tokens=config.max_tokens,
-        seed=config.seed,
     )
 
 

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
-from magsrl.common.errors import BadRequest, ServiceUnavailable
-from magsrl.common.remote import remote_error
+from magsrl.clients.policy import PolicyAuthError, PolicyClient, PolicyError, PolicyUnavailable
+from magsrl.common.errors import BadRequest, ServiceUnavailable, validation_message
 from magsrl.data.sample import Sample
 from magsrl.data.scorers import score as score_reply
+from magsrl.proto.images import ImageRef
 from magsrl.proto.judge import MAX_SCORE, MIN_SCORE, ScorerName
+from magsrl.proto.policy import AnswerRequest
 
 VERSION = "pass_rate-1"
 
@@ -42,9 +44,8 @@ class PassRateJudge:
         max_tokens: int | None,
         timeout_s: float,
     ) -> None:
-        self.http = http
         self.policy_url = policy_url
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.policy = PolicyClient(policy_url, api_key=api_key, timeout_s=timeout_s, client=http)
         self.samples = samples
         self.temperature = temperature
         self.max_tokens = max_tokens
@@ -53,26 +54,17 @@ class PassRateJudge:
     def version(self, policy_model: str | None) -> str:
         return f"{VERSION}-{policy_model or 'base'}-k{self.samples}"
 
-    async def _attempt(self, body: dict[str, Any]) -> str:
+    async def _attempt(self, request: AnswerRequest) -> str:
         try:
-            resp = await self.http.post(
-                f"{self.policy_url}/answer",
-                json=body,
-                headers=self.headers,
-                timeout=self.timeout_s,
-            )
-        except httpx.HTTPError as exc:
+            return (await self.policy.answer(request)).answer
+        except (PolicyUnavailable, PolicyAuthError) as exc:
             raise ServiceUnavailable(
-                f"pass_rate needs the policy at {self.policy_url}, which is unreachable ({exc})"
+                f"pass_rate needs the policy at {self.policy_url}: {exc}"
             ) from exc
-        if resp.status_code >= 500 or resp.status_code == 401:
-            raise ServiceUnavailable(
-                f"the policy answered {resp.status_code} to pass_rate: {resp.text[:200]}"
-            )
-        if resp.status_code >= 400:
-            message, param = remote_error(resp)
-            raise BadRequest(f"the policy refused the sample: {message}", param=param)
-        return str(resp.json()["answer"])
+        except PolicyError as exc:
+            raise BadRequest(
+                f"the policy refused the sample: {exc.message}", param=exc.param
+            ) from exc
 
     async def score(
         self,
@@ -96,16 +88,23 @@ class PassRateJudge:
             options=options,
             scorer=scorer or ("mc" if options else "text"),
         )
-        body: dict[str, Any] = {
-            "image": {"b64": image_b64},
-            "question": question,
-            "options": options,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            "model": policy_model,
-        }
+        try:
+            request = AnswerRequest(
+                image=ImageRef(b64=image_b64),
+                question=question,
+                options=options,
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+                model=policy_model,
+            )
+        except ValidationError as exc:
+            message, param = validation_message(list(exc.errors()))
+            raise BadRequest(f"the policy could not take the sample: {message}", param) from exc
         replies = await asyncio.gather(
-            *(self._attempt({**body, "seed": seed}) for seed in range(self.samples))
+            *(
+                self._attempt(request.model_copy(update={"seed": seed}))
+                for seed in range(self.samples)
+            )
         )
         successes = [1.0 if score_reply(sample, reply) else 0.0 for reply in replies]
         rate = sum(successes) / len(successes)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
-Method = Literal["sr", "bicubic", "crop"]
+from magsrl.proto.vocab import UpscaleMethod
+
+Method = UpscaleMethod
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,20 @@ from magsrl.policy.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     LoadAdapterRequest,
-    LoadWeightsRequest,
     ModelCard,
     ModelList,
-    WeightsStatus,
 )
 from magsrl.policy.serving_answer import AnswerService
 from magsrl.policy.serving_chat import ChatService
 from magsrl.policy.weights import confined_model_folder, weights_status
-from magsrl.proto.policy import AnswerRequest, AnswerResponse
+from magsrl.proto.policy import (
+    AnswerRequest,
+    AnswerResponse,
+    LoadWeightsRequest,
+    PolicyInfo,
+    WeightsStatus,
+)
+from magsrl.proto.vocab import UPSCALE_METHODS, ZOOM_MODES
 from magsrl.zoom.engine import Engine
 
 router = APIRouter()
@@ -65,8 +70,8 @@ _ANSWER_DOC: dict[str, Any] = {
                         "image": {"type": "string", "format": "binary"},
                         "question": {"type": "string"},
                         "options": {"type": "string", "description": "JSON list of options"},
-                        "zoom": {"type": "string", "enum": ["auto", "off", "force"]},
-                        "upscale": {"type": "string", "enum": ["sr", "bicubic", "crop"]},
+                        "zoom": {"type": "string", "enum": list(ZOOM_MODES)},
+                        "upscale": {"type": "string", "enum": list(UPSCALE_METHODS)},
                         "max_rounds": {"type": "integer"},
                     },
                 }
@@ -134,9 +139,33 @@ async def chat_completions(body: ChatCompletionRequest, chat: ChatDep) -> Any:
 @router.get("/v1/models", response_model=ModelList, tags=["openai"])
 async def models(engine: EngineDep) -> ModelList:
     names = engine.model_names()
-    cards = [ModelCard(id=names[0], root=names[0])]
-    cards += [ModelCard(id=name, root=names[0], parent=names[0]) for name in names[1:]]
+    known = engine.known_family()
+    family = known.name if known else None
+    mode = engine.logprobs_mode
+    cards = [ModelCard(id=names[0], root=names[0], family=family, logprobs_mode=mode)]
+    cards += [
+        ModelCard(id=name, root=names[0], parent=names[0], family=family, logprobs_mode=mode)
+        for name in names[1:]
+    ]
     return ModelList(data=cards)
+
+
+@router.get(
+    "/v1/policy/info",
+    response_model=PolicyInfo,
+    tags=["zoom"],
+    summary="The model family and the episode settings this policy serves",
+)
+async def policy_info(engine: EngineDep, service: AnswerDep) -> PolicyInfo:
+    names = engine.model_names()
+    known = engine.known_family()
+    return PolicyInfo(
+        model=names[0],
+        family=known.name if known else None,
+        convention=known.convention.value if known else None,
+        served=service.served,
+        adapters=names[1:],
+    )
 
 
 @router.post("/v1/adapters", tags=["adapters"], summary="Load a LoRA adapter while serving")

@@ -32,10 +32,10 @@ def build_engine(settings: PolicySettings) -> Engine:
     if settings.engine == "openai":
         from magsrl.engines.openai_upstream import OpenAIEngine
 
-        return OpenAIEngine(settings)
+        return OpenAIEngine(settings.engine_settings())
     from magsrl.engines.hf import HFEngine
 
-    return HFEngine(settings)
+    return HFEngine(settings.engine_settings())
 
 
 def create_app(settings: PolicySettings | None = None) -> FastAPI:

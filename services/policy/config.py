@@ -8,6 +8,16 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 
 from magsrl.common.settings import CommaList, ServiceSettings, default_cache_dir, split_comma_list
+from magsrl.engines.settings import EngineSettings
+from magsrl.proto.episode import (
+    DEFAULT_CROP_PIXELS,
+    MAX_ZOOMS_PER_ROUND,
+    MIN_CROP_PIXELS,
+    SERVED_FIELDS,
+    ServedOptions,
+)
+from magsrl.proto.vocab import CropPlacement, ImageFormat, MagnifierDown, Protocol
+from magsrl.zoom.families import FAMILIES
 
 DEFAULT_PORT = 8000
 
@@ -20,6 +30,11 @@ class PolicySettings(ServiceSettings):
     )
     served_model_name: str | None = Field(
         None, description="The name clients use for the base model (default: policy_model)."
+    )
+    policy_family: str | None = Field(
+        None,
+        description="qwen2_5_vl or qwen3_vl, for an openai upstream that does not report its "
+        "model's family (vLLM does, through its model card's root). Never guessed from names.",
     )
     engine: Literal["hf", "openai"] = Field(
         "hf",
@@ -74,31 +89,31 @@ class PolicySettings(ServiceSettings):
     )
     max_batch: int = Field(16, ge=1, description="hf engine: most sequences per generate.")
 
-    # the zoom loop
-    crop_in: Literal["tool", "user"] = Field(
+    # the zoom loop: what this policy serves (ServedOptions); a request may override each
+    crop_in: CropPlacement = Field(
         "tool",
         description="Where crops go back to the model: in the tool message, or in a "
         "following user message for templates that cannot render images "
         "in tool messages.",
     )
-    zoom_protocol: Literal["tags", "tools"] = Field(
+    zoom_protocol: Protocol = Field(
         "tags",
         description="tags: Mags-RL <think>/<zoom>/<rethink>/<answer>; tools: Hermes "
         "tool calls to the zoom function. Both are always parsed.",
     )
-    magnifier_down: Literal["error", "continue"] = Field(
+    magnifier_down: MagnifierDown = Field(
         "error", description="When the magnifier is unreachable: 503, or answer without zoom."
     )
     crop_max_pixels: int = Field(
-        512 * 512, ge=64 * 64, description="Pixel budget of each crop sent to the model."
+        DEFAULT_CROP_PIXELS, ge=MIN_CROP_PIXELS, description="Pixel budget of each crop."
     )
-    crop_format: Literal["png", "jpeg", "webp"] = Field(
+    crop_format: ImageFormat = Field(
         "jpeg",
         description="Crop encoding from the magnifier (jpeg q95 is ~15x faster to "
         "encode than png; see docs/benchmarks.md).",
     )
     crop_quality: int = Field(95, ge=1, le=100)
-    max_zooms_per_round: int = Field(4, ge=1, le=16)
+    max_zooms_per_round: int = Field(4, ge=1, le=MAX_ZOOMS_PER_ROUND)
     magnifier_timeout_s: float = Field(60.0, gt=0)
 
     # the trace viewer (GET /, /v1/viewer/*)
@@ -110,7 +125,7 @@ class PolicySettings(ServiceSettings):
     viewer_samples_limit: int = Field(
         24, ge=1, le=1000, description="Most samples the viewer lists from viewer_samples."
     )
-    viewer_crop_format: Literal["png", "jpeg", "webp"] = Field(
+    viewer_crop_format: ImageFormat = Field(
         "png",
         description="Encoding of the viewer's side-by-side crops: lossless by default, so the "
         "comparison shows the upscaler and not the codec.",
@@ -124,3 +139,23 @@ class PolicySettings(ServiceSettings):
     def allowed_weight_roots(self) -> list[Path]:
         """Folders whose subfolders ``POST /v1/weights`` may load, resolved."""
         return [Path(root).resolve() for root in (self.runs_dir, *self.weights_roots)]
+
+    def served_options(self) -> ServedOptions:
+        """The episode settings this policy serves: what a request or a rollout job that
+        leaves them unset gets (reported by ``GET /v1/policy/info``)."""
+        values = {name: getattr(self, name) for name in SERVED_FIELDS if name != "protocol"}
+        return ServedOptions(protocol=self.zoom_protocol, **values)
+
+    def engine_settings(self) -> EngineSettings:
+        """The part of these settings an engine reads."""
+        names = set(EngineSettings.model_fields) - {"family"}
+        return EngineSettings(family=self.policy_family, **self.model_dump(include=names))
+
+    @field_validator("policy_family")
+    @classmethod
+    def _known_family(cls, name: str | None) -> str | None:
+        if not name:
+            return None  # compose passes an unset variable as ""
+        if name not in FAMILIES:
+            raise ValueError(f"unknown model family {name!r}; choose from {sorted(FAMILIES)}")
+        return name

@@ -231,6 +231,12 @@ class ModelCard(BaseModel):
     owned_by: str = "magsrl"
     root: str | None = None  # extension (vLLM): the base model of an adapter
     parent: str | None = None  # extension (vLLM)
+    # extension (magsrl): the model family (qwen2_5_vl, qwen3_vl), read from the model's own
+    # config.json, so clients pick the box convention without guessing from a name.
+    family: str | None = None
+    # extension (magsrl): the distribution of the log-probs it returns (vLLM's
+    # --logprobs-mode names), so an openai engine in front of it need not probe.
+    logprobs_mode: str | None = None
 
 
 class ModelList(BaseModel):
@@ -241,33 +247,3 @@ class ModelList(BaseModel):
 class LoadAdapterRequest(BaseModel):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
     path: str = Field(min_length=1, description="A peft adapter folder readable by the server.")
-
-
-class LoadWeightsRequest(BaseModel):
-    """``POST /v1/weights`` (magsrl's, not OpenAI's): the base model's weights from a folder."""
-
-    path: str = Field(
-        min_length=1,
-        max_length=4096,
-        description="A model folder (config.json and safetensors) under the policy's runs_dir "
-        "or weights_roots, e.g. a full fine-tuning version the trainer saved.",
-    )
-    name: str | None = Field(
-        None,
-        min_length=1,
-        max_length=128,
-        pattern=r"^[A-Za-z0-9._:-]+$",
-        description="A model name that serves exactly these weights (e.g. <run>-v<n>): a "
-        "request for it fails once other weights are loaded. The base name serves them too.",
-    )
-
-
-class WeightsStatus(BaseModel):
-    """``GET /v1/weights``: what the base model name serves, and whether it can change."""
-
-    model: str = Field(description="The base model name.")
-    name: str | None = Field(description="The name of the loaded weights; null: the original.")
-    path: str | None = Field(description="Their folder; null: the served checkpoint's own.")
-    reloadable: bool = Field(description="Whether this engine can load weights while serving.")
-    reason: str | None = Field(None, description="Why not, and what to do instead.")
-    roots: list[str] = Field(description="Folders whose model folders it may load.")

@@ -6,15 +6,14 @@ trained checkpoint; nothing in the serving path is replaced."""
 from __future__ import annotations
 
 import asyncio
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-from PIL import Image
 
 from magsrl.clients.magnifier import MagnifierClient
+from magsrl.common.images import decode_image
 from magsrl.engines.hf import HFEngine
 from magsrl.models.sft import SFTExample, finetune
 from magsrl.policy.config import PolicySettings
@@ -43,7 +42,7 @@ async def conversation(
     settings = PolicySettings(
         policy_model=str(model_dir), magnifier_url=magnifier_url, zoom_protocol=script.protocol
     )  # type: ignore[arg-type]
-    engine = HFEngine(settings)
+    engine = HFEngine(settings.engine_settings())
     await engine.start()
     magnifier = MagnifierClient(magnifier_url)
     try:
@@ -53,7 +52,7 @@ async def conversation(
             opts = service.options_for(
                 AnswerRequest(image={"b64": "AA=="}, question=script.question)
             )
-            image = Image.open(io.BytesIO(script.image)).convert("RGB")
+            image = decode_image(script.image, max_pixels=settings.max_image_pixels)
             episode = loop.start(image, script.image, None, script.question, None, opts)
             first = list(episode.messages)
             if not await loop.observe(episode, script.round1):

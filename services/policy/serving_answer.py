@@ -1,19 +1,17 @@
-"""``POST /answer``: resolve the image, run the zoom loop, and shape the response."""
+"""``POST /answer``: resolve the image (inline, URL, or a magnifier id), then run the episode
+(``magsrl.zoom.answer``) with this policy's served settings filling the request's gaps."""
 
 from __future__ import annotations
-
-import time
 
 import httpx
 
 from magsrl.clients.magnifier import MagnifierClient, MagnifierUnavailable
 from magsrl.common.errors import NotFound, ServiceUnavailable
 from magsrl.common.image_source import inline_or_url_bytes
-from magsrl.common.images import decode_reduced
 from magsrl.policy.config import PolicySettings
-from magsrl.policy.serving_chat import checked_frame
 from magsrl.proto.policy import AnswerRequest, AnswerResponse
-from magsrl.zoom.engine import Engine, SamplingParams
+from magsrl.zoom.answer import answer_episode, answer_options
+from magsrl.zoom.engine import Engine
 from magsrl.zoom.loop import LoopOptions, ZoomLoop
 
 
@@ -31,6 +29,7 @@ class AnswerService:
         self.magnifier = magnifier
         self.http = http
         self.settings = settings
+        self.served = settings.served_options()
 
     async def _image_bytes(self, req: AnswerRequest) -> tuple[bytes, str | None]:
         """The image bytes, and its magnifier id when the magnifier already holds it."""
@@ -59,57 +58,16 @@ class AnswerService:
         return data, ref.id
 
     def options_for(self, req: AnswerRequest) -> LoopOptions:
-        s = self.settings
-        return LoopOptions(
-            zoom=req.zoom,
-            upscale=req.upscale,
-            max_rounds=req.max_rounds,
-            protocol=s.zoom_protocol,
-            crop_in=s.crop_in,
-            magnifier_down=s.magnifier_down,
-            crop_max_pixels=s.crop_max_pixels,
-            crop_format=s.crop_format,
-            crop_quality=s.crop_quality,
-            max_zooms_per_round=s.max_zooms_per_round,
-            model=req.model,
-            return_crops=req.return_crops,
-            sampling=SamplingParams(
-                max_tokens=req.max_tokens, temperature=req.temperature, seed=req.seed
-            ),
-        )
+        return answer_options(req, self.served)
 
     async def answer(self, req: AnswerRequest) -> AnswerResponse:
-        started = time.perf_counter()
         self.engine.check_model(req.model)
         data, image_id = await self._image_bytes(req)
-        # Decoded straight to the model's view: the magnifier crops from the bytes.
-        image, original = decode_reduced(
-            data,
-            max_pixels=self.settings.max_image_pixels,
-            target=checked_frame(self.engine.frame_size),
-            param="image",
-        )
-        outcome = await self.loop.run(
-            image,
+        return await answer_episode(
+            self.loop,
+            req,
             data,
             image_id,
-            req.question,
-            req.options,
-            self.options_for(req),
-            original_size=original,
-        )
-        total = (time.perf_counter() - started) * 1000
-        return AnswerResponse(
-            answer=outcome.answer,
-            raw_answer=outcome.raw_answer,
-            rounds=outcome.rounds,
-            model=req.model or self.engine.base_model,
-            usage=outcome.usage,
-            zoom_skipped=outcome.zoom_skipped,
-            timing_ms={
-                "total": round(total, 3),
-                "model": round(outcome.engine_ms, 3),
-                "magnifier": round(outcome.magnifier_ms, 3),
-                "overhead": round(total - outcome.engine_ms - outcome.magnifier_ms, 3),
-            },
+            self.served,
+            max_image_pixels=self.settings.max_image_pixels,
         )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from magsrl.common.errors import APIError, BadRequest, error_body
@@ -39,6 +39,7 @@ from magsrl.zoom.engine import (
     SamplingParams,
     StreamDelta,
 )
+from magsrl.zoom.families import check_aspect
 from magsrl.zoom.parsing import (
     ZoomCall,
     parse_turn,
@@ -54,7 +55,6 @@ IMAGE_ROLES = frozenset({"user", "tool"})
 # Qwen-VL processors refuse a more elongated image (transformers'
 # models/qwen2_vl/image_processing_qwen2_vl.py, smart_resize: "absolute aspect ratio must be
 # smaller than 200").
-MAX_ASPECT_RATIO = 200
 
 
 class ChatService:
@@ -334,29 +334,6 @@ def _error_event(
 ) -> str:
     body = error_body(status, message, error_type=error_type, param=param)
     return f"data: {json.dumps(body)}\n\n"
-
-
-def checked_frame(
-    frame_size: Callable[[int, int], tuple[int, int]], param: str = "image"
-) -> Callable[[int, int], tuple[int, int]]:
-    """``frame_size`` (the model's view of an image) that first refuses, with a 400, an image
-    too elongated for the processor."""
-
-    def frame(width: int, height: int) -> tuple[int, int]:
-        check_aspect(width, height, param)
-        return frame_size(width, height)
-
-    return frame
-
-
-def check_aspect(width: int, height: int, param: str) -> None:
-    ratio = max(width, height) / min(width, height)
-    if ratio > MAX_ASPECT_RATIO:
-        raise BadRequest(
-            f"the image is {width}x{height}, an aspect ratio of {ratio:.0f}:1, over the "
-            f"model's limit of {MAX_ASPECT_RATIO}:1; crop or pad it",
-            param=param,
-        )
 
 
 def _logprobs(completion: Completion) -> ChoiceLogprobs | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from magsrl.common.errors import BadRequest
 from magsrl.policy.config import PolicySettings
-from magsrl.policy.protocol import WeightsStatus
+from magsrl.proto.policy import WeightsStatus
 from magsrl.zoom.engine import Engine
 
 CONFIG_FILE = "config.json"

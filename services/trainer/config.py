@@ -52,3 +52,6 @@ class WorkerSettings(ServiceSettings):
     worker_poll_s: float = Field(0.5, gt=0, description="How often active runs are looked up.")
     policy_timeout_s: float = Field(600.0, gt=0)
     magnifier_timeout_s: float = Field(120.0, gt=0)
+    max_image_pixels: int = Field(
+        64_000_000, ge=1, description="Largest image decoded (as the policy's)."
+    )

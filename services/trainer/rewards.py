@@ -43,12 +43,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 from magsrl.data.sample import Sample
 from magsrl.data.scorers import score
 from magsrl.proto.policy import Round
 from magsrl.proto.rollout import RewardOptions
+from magsrl.proto.vocab import Protocol, ZoomMode
 from magsrl.zoom.parsing import ParsedTurn, parse_turn
 
 __all__ = [
@@ -68,8 +68,6 @@ __all__ = [
     "zoom_validity_penalty",
 ]
 
-Protocol = Literal["tags", "tools"]
-ZoomMode = Literal["auto", "off", "force"]
 
 COMPONENTS: tuple[str, ...] = (
     "accuracy",

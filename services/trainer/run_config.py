@@ -12,19 +12,22 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from magsrl.proto.policy import MAX_ROUNDS_LIMIT
+from magsrl.proto.episode import MAX_ROUNDS_LIMIT, EpisodeOptions
 from magsrl.proto.rollout import RewardOptions
+from magsrl.proto.vocab import Protocol
 
 if TYPE_CHECKING:
     from magsrl.trainer.grpo import LossConfig
 
 # The judge's levels: zoom_score 1-3 easy, 4-7 medium, 8-10 hard.
 Level = Literal["easy", "medium", "hard"]
+# A stage's zoom mode: a run always lets the model zoom (off would train nothing to zoom).
+StageZoom = Literal["auto", "force"]
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
 # eps bounds: checked by GRPOSettings' validator (for a fix-it message), shown in the JSON Schema.
 _UNIT = {"exclusiveMinimum": 0, "maximum": 1}
@@ -287,7 +290,7 @@ class Stage(_Strict):
     fraction: float | None = Field(
         None, gt=0, le=1, description="Length as a fraction of the run's steps (instead of steps)."
     )
-    zoom: Literal["auto", "force"] = Field("auto", description="auto: model decides; force: MGPO.")
+    zoom: StageZoom = Field("auto", description="auto: model decides; force: MGPO.")
     prompt_suffix: Literal["stage1"] | None = Field(None, description="Suffix to the question.")
 
     @model_validator(mode="after")
@@ -360,9 +363,6 @@ class RolloutSettings(_Strict):
     max_lag: int | None = Field(
         4096, ge=1, description="Backpressure: most outstanding jobs (null: off); < queue_maxlen."
     )
-    upscale: Literal["sr", "bicubic", "crop"] = Field(
-        "sr", description="How the magnifier enlarges crops during rollouts."
-    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -389,6 +389,25 @@ class ValidationSettings(_Strict):
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature (0: greedy).")
 
 
+class RunEpisode(EpisodeOptions):
+    """The run's ``episode`` section: ``EpisodeOptions`` as they are, strict about typos.
+    In a run, ``grpo`` owns max_rounds and the sampling fields and the stages own zoom; the
+    run config copies them in, and refuses a different value written here."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+# episode field -> the grpo field that owns it in a run config
+_GRPO_OWNED = {
+    "max_rounds": "max_rounds",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "max_tokens": "max_new_tokens",
+}
+# Keys from before the episode section, still read: old key -> (section or None, episode key)
+_LEGACY_KEYS = {"zoom_protocol": (None, "protocol"), "upscale": ("rollout", "upscale")}
+
+
 class RunConfig(_Strict):
     """A training run. Only ``name``, ``model`` and ``dataset`` are required."""
 
@@ -408,8 +427,11 @@ class RunConfig(_Strict):
     output_dir: str | None = Field(
         None, description="Where checkpoints and the saved config go; the trainer picks if unset."
     )
-    zoom_protocol: Literal["tags", "tools"] = Field(
-        "tags", description="tags: Mags-RL <think>/<zoom>/<rethink>/<answer>; tools: tool calls."
+    episode: RunEpisode = Field(
+        default_factory=lambda: RunEpisode(protocol="tags"),
+        description="How each rollout's zoom episode runs (the options /answer takes). Crop "
+        "fields left unset take what the policy serves; zoom comes from the stages and "
+        "max_rounds and sampling from grpo.",
     )
     grpo: GRPOSettings = Field(default_factory=GRPOSettings, description="GRPO hyperparameters.")
     rewards: RewardWeights = Field(default_factory=RewardWeights, description="Reward weights.")
@@ -437,8 +459,41 @@ class RunConfig(_Strict):
             )
         return name
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_keys(cls, data: Any) -> Any:
+        """``zoom_protocol`` and ``rollout.upscale`` (before the episode section) are moved
+        into ``episode``; giving both spellings with different values is refused."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        episode = dict(data.get("episode") or {})
+        for old, (section, new) in _LEGACY_KEYS.items():
+            holder = data if section is None else data.get(section)
+            if not isinstance(holder, dict) or old not in holder:
+                continue
+            if section is not None:
+                holder = data[section] = dict(holder)
+            value = holder.pop(old)
+            if new in episode and episode[new] != value:
+                where = old if section is None else f"{section}.{old}"
+                raise ValueError(
+                    f"{where}={value!r} and episode.{new}={episode[new]!r} disagree: "
+                    f"{where} is the old spelling of episode.{new}; keep only episode.{new}"
+                )
+            episode[new] = value
+        if episode or "episode" in data:
+            data["episode"] = episode
+        return data
+
+    @property
+    def zoom_protocol(self) -> Protocol:
+        """The old name of ``episode.protocol``."""
+        return self.episode.protocol or "tags"
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        self._sync_episode()
         self._check_stages()
         n = self.sequences_per_step
         if self.rollout.queue_maxlen < n:
@@ -447,6 +502,40 @@ class RunConfig(_Strict):
                 "jobs: raise it"
             )
         return self
+
+    def _sync_episode(self) -> None:
+        """grpo owns max_rounds and sampling, the stages own zoom: copy them into the
+        episode, refusing a different value written there."""
+        episode = self.episode
+        for name, owner in _GRPO_OWNED.items():
+            value = getattr(self.grpo, owner)
+            if name in episode.model_fields_set and getattr(episode, name) != value:
+                raise ValueError(
+                    f"episode.{name}={getattr(episode, name)!r} differs from grpo.{owner}="
+                    f"{value!r}: in a run, grpo.{owner} sets it; remove episode.{name}"
+                )
+        if episode.zoom != "auto":
+            raise ValueError(
+                f"episode.zoom={episode.zoom!r}: in a run the stages set the zoom mode; "
+                "use stages: [{zoom: force}] and remove episode.zoom"
+            )
+        if episode.seed is not None:
+            raise ValueError(
+                "episode.seed: each rollout's seed derives from the run's seed; set seed "
+                "instead and remove episode.seed"
+            )
+        if episode.protocol is None:
+            # The run trains one protocol (its format reward checks it): never the policy's.
+            episode.protocol = "tags"
+        update = {name: getattr(self.grpo, owner) for name, owner in _GRPO_OWNED.items()}
+        self.episode = episode.model_copy(update=update)
+
+    def job_options(self, zoom: StageZoom, seed: int) -> EpisodeOptions:
+        """The episode options of one rollout job: the run's, with the stage's zoom mode
+        and the job's seed."""
+        return EpisodeOptions.model_validate(
+            {**self.episode.model_dump(), "zoom": zoom, "seed": seed}
+        )
 
     def _check_stages(self) -> None:
         for i, stage in enumerate(self.stages):

@@ -23,7 +23,7 @@ import logging
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,9 @@ import httpx
 import torch
 
 from magsrl.clients.magnifier import MagnifierClient
-from magsrl.common.remote import remote_error
-from magsrl.data.sample import Sample
+from magsrl.clients.policy import PolicyClient, PolicyError, PolicyUnavailable
 from magsrl.proto.rollout import RolloutJob, RolloutResult
+from magsrl.proto.sample import Sample
 from magsrl.trainer.config import TrainerSettings
 from magsrl.trainer.grpo import composed_advantages
 from magsrl.trainer.metrics_log import MetricsLog
@@ -187,7 +187,9 @@ class RunLoop:
         self.hooks = hooks
         self.http = http
         api_key = settings.api_key.get_secret_value() if settings.api_key else None
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.policy = PolicyClient(
+            settings.policy_url, api_key=api_key, timeout_s=settings.policy_timeout_s, client=http
+        )
         self.magnifier = MagnifierClient(settings.magnifier_url, api_key=api_key)
         self.metrics = MetricsLog(run_dir, settings.tensorboard)
         self.queue_config = QueueConfig(
@@ -200,70 +202,74 @@ class RunLoop:
         self.learner: Any = None
         self.stale_total = 0
         self._image_ids: dict[str, str] = {}  # sample image path -> magnifier image id
+        self._base_checked = False  # the first publish checks what the policy serves
         self.validation_samples: list[Sample] = []
 
     # ---- policy adapters ------------------------------------------------------------------
-    async def _policy(self, method: str, path: str, body: dict[str, Any] | None = None) -> None:
-        url = f"{self.settings.policy_url}{path}"
+    async def _policy(self, call: Awaitable[None], what: str) -> None:
         try:
-            resp = await self.http.request(
-                method, url, json=body, headers=self.headers, timeout=self.settings.policy_timeout_s
-            )
-        except httpx.HTTPError as exc:
-            raise RunFailed(
-                f"the policy at {self.settings.policy_url} is unreachable: {exc}"
-            ) from exc
-        if resp.status_code >= 400:
-            message, _ = remote_error(resp)
-            if method == "DELETE" and resp.status_code == 404:
-                return  # already gone (a restarted policy)
-            raise RunFailed(f"the policy refused {method} {path} ({resp.status_code}): {message}")
+            await call
+        except PolicyUnavailable as exc:
+            raise RunFailed(f"the policy is unavailable for {what}: {exc}") from exc
+        except PolicyError as exc:
+            raise RunFailed(f"the policy refused {what} ({exc.status}): {exc.message}") from exc
 
-    async def _publish_version(self, version: int, *, reload: bool = False) -> None:
-        """Loads version ``version`` into the policy; ``reload`` first unloads a copy the
-        policy may still hold from before a trainer restart (same name, same files)."""
+    async def _publish_version(self, version: int) -> None:
+        """Loads version ``version`` into the policy, first unloading a copy it may still
+        hold from before a trainer restart: a resumed run retrains the steps after its last
+        checkpoint, so a version the crashed process had published has other weights now
+        (one DELETE per step, a 404 in the usual case)."""
         if not self.config.lora.enabled:
-            await self._publish_weights(version, reload=reload)
+            await self._publish_weights(version)
             return
-        if reload:
+        if not self._base_checked:
             await self._restore_base_weights()
+            self._base_checked = True
         name = adapter_name(self.run_id, version)
-        if name is not None and reload:
-            await self._policy("DELETE", f"/v1/adapters/{name}")
+        policy = self.policy
         if name is not None:
+            # already gone is fine (the usual case, and a restarted policy)
+            await self._policy(policy.unload_adapter(name, missing_ok=True), f"unloading {name}")
             path = self.run_dir / "adapters" / f"v{version}"
-            await self._policy("POST", "/v1/adapters", {"name": name, "path": str(path.resolve())})
+            await self._policy(
+                policy.load_adapter(name, str(path.resolve())), f"loading adapter {name}"
+            )
         # Jobs of the previous step are all done: no one needs the older version.
         older = adapter_name(self.run_id, version - 1) if version > 1 else None
         if older is not None:
-            await self._policy("DELETE", f"/v1/adapters/{older}")
+            await self._policy(policy.unload_adapter(older, missing_ok=True), f"unloading {older}")
         self.hooks.on_version(version, name)
 
-    async def _publish_weights(self, version: int, *, reload: bool) -> None:
+    async def _publish_weights(self, version: int) -> None:
         """Full fine-tuning: the policy swaps in version ``version``'s whole model and serves
-        it as ``<run>-v<n>`` (version 0: the base model's own weights); older folders go. A
-        resumed run first saves its version again from the checkpoint it loaded."""
+        it as ``<run>-v<n>`` (version 0: the base model's own weights); older folders go. The
+        first publish of a (resumed) run saves its version again from the checkpoint it
+        loaded, since a crashed process may have left other weights under that name."""
         from magsrl.trainer.weights_sync import prune_versions, version_folder
 
         name = adapter_name(self.run_id, version)
         if name is None:
-            await self._policy("DELETE", "/v1/weights")
+            await self._policy(self.policy.reset_weights(), "restoring the base weights")
         else:
             folder = version_folder(self.run_dir, version)
-            if reload:
+            if not self._base_checked:
                 await asyncio.to_thread(self.learner.save_adapter, folder)
-            body = {"name": name, "path": str(folder.resolve())}
-            await self._policy("POST", "/v1/weights", body)
+            await self._policy(
+                self.policy.load_weights(str(folder.resolve()), name), f"loading weights {name}"
+            )
+        self._base_checked = True
         prune_versions(self.run_dir, keep=version)
         self.hooks.on_version(version, name)
 
     async def _restore_base_weights(self) -> None:
         """LoRA adapts the base model: a policy still serving a full fine-tuning run's
         weights goes back to its own first (a policy without /v1/weights never changed)."""
-        from magsrl.trainer.weights_sync import serves_reloaded_weights
-
-        if await serves_reloaded_weights(self.http, self.settings, self.headers):
-            await self._policy("DELETE", "/v1/weights")
+        try:
+            status = await self.policy.weights()
+        except PolicyError:
+            return  # cannot tell: the adapter load that follows reports a real problem
+        if status is not None and status.path is not None:
+            await self._policy(self.policy.reset_weights(), "restoring the base weights")
 
     # ---- setup ----------------------------------------------------------------------------
     async def _setup(self) -> tuple[Schedule, int, int]:
@@ -345,8 +351,15 @@ class RunLoop:
                 info = await self.magnifier.upload(Path(sample.image).read_bytes())
                 image_id = self._image_ids[sample.image] = info.image_id
             for g in range(grpo.group_size if group_size is None else group_size):
+                options = self.config.job_options(
+                    zoom or batch.zoom,  # type: ignore[arg-type]
+                    seed=job_seed(self.config.seed, prefix, i, g),
+                )
+                if temperature is not None:
+                    options = options.model_copy(update={"temperature": temperature})
                 jobs.append(
                     RolloutJob(
+                        **options.model_dump(),
                         job_id=f"{prefix}:{i}:{g}",
                         run_id=self.run_id,
                         step=step,
@@ -356,15 +369,7 @@ class RunLoop:
                         policy_model=adapter_name(self.run_id, version),
                         sample=sample,
                         image_id=image_id,
-                        zoom=zoom or batch.zoom,  # type: ignore[arg-type]
                         question_suffix=batch.question_suffix,
-                        upscale=self.config.rollout.upscale,
-                        max_rounds=grpo.max_rounds,
-                        max_tokens=grpo.max_new_tokens,
-                        temperature=grpo.temperature if temperature is None else temperature,
-                        top_p=grpo.top_p,
-                        seed=job_seed(self.config.seed, prefix, i, g),
-                        protocol=self.config.zoom_protocol,
                         frame_min_pixels=low,
                         frame_max_pixels=high,
                         eos_token_id=self.learner.eos_id,
@@ -553,7 +558,7 @@ class RunLoop:
             await queue.ensure_group()
             await publish_run(queue._client, self.queue_config)
             try:
-                await self._publish_version(version, reload=True)
+                await self._publish_version(version)
                 for step in range(start, self.config.steps):
                     if self.hooks.cancelled.is_set():
                         raise asyncio.CancelledError
@@ -596,8 +601,8 @@ class RunLoop:
         self.hooks.on_checkpoint(step, str(path))
 
     async def _rescore(self, schedule: Schedule, step: int, version: int) -> None:
+        from magsrl.clients.judge import JudgeClient, JudgeError, JudgeUnavailable
         from magsrl.data.judging import judge_samples
-        from magsrl.judge.client import JudgeClient, JudgeError, JudgeUnavailable
 
         api_key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
         try:

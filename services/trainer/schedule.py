@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -42,7 +41,7 @@ from magsrl.data.loaders import load_dataset
 from magsrl.data.sample import Sample, read_jsonl
 from magsrl.proto.judge import Level
 from magsrl.proto.prompts import render_prompt
-from magsrl.trainer.run_config import RunConfig, Stage
+from magsrl.trainer.run_config import RunConfig, Stage, StageZoom
 
 __all__ = ["Schedule", "StepBatch", "load_run_samples"]
 
@@ -71,7 +70,7 @@ class StepBatch:
     step: int
     samples: list[Sample]
     stage_index: int
-    zoom: Literal["auto", "force"]  # RolloutJob.zoom
+    zoom: StageZoom  # RolloutJob.zoom
     question_suffix: str | None
     levels: tuple[Level, ...]
     sample_levels: tuple[Level | None, ...]

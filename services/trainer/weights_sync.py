@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
+from magsrl.clients.policy import PolicyClient, PolicyError
 from magsrl.common.errors import BadRequest, ServiceUnavailable
-from magsrl.common.remote import remote_error
 from magsrl.trainer.config import TrainerSettings
 from magsrl.trainer.run_config import RunConfig
 
@@ -71,38 +71,17 @@ async def check_full_finetune(
     if config.lora.enabled:
         return
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    policy = PolicyClient(
+        settings.policy_url, api_key=api_key, timeout_s=settings.policy_timeout_s, client=http
+    )
     try:
-        resp = await http.get(
-            f"{settings.policy_url}/v1/weights", headers=headers, timeout=settings.policy_timeout_s
-        )
-    except httpx.HTTPError as exc:
+        status = await policy.weights()
+    except PolicyError as exc:
         raise ServiceUnavailable(
-            f"the policy at {settings.policy_url} is unreachable ({exc.__class__.__name__}); "
-            "a full fine-tuning run needs to know whether it can load weights: start the "
-            "policy, then submit again"
+            f"a full fine-tuning run needs to know whether the policy can load weights, and "
+            f"GET /v1/weights failed: {exc.message}; start the policy, then submit again"
         ) from exc
-    if resp.status_code >= 400 and resp.status_code != 404:
-        message, _ = remote_error(resp)
-        raise ServiceUnavailable(
-            f"the policy answered GET /v1/weights with {resp.status_code}: {message}"
-        )
-    status = resp.json() if resp.status_code == 200 else None
     run_dir = Path(config.output_dir) if config.output_dir else settings.runs_dir
-    refusal = full_finetune_refusal(status, run_dir)
+    refusal = full_finetune_refusal(status.model_dump() if status else None, run_dir)
     if refusal is not None:
         raise BadRequest(refusal, param="lora.enabled")
-
-
-async def serves_reloaded_weights(
-    http: httpx.AsyncClient, settings: TrainerSettings, headers: dict[str, str]
-) -> bool:
-    """Whether the policy serves weights some full fine-tuning run loaded (not its own);
-    False when it cannot tell (no such route, unreachable: the publish then reports it)."""
-    try:
-        resp = await http.get(
-            f"{settings.policy_url}/v1/weights", headers=headers, timeout=settings.policy_timeout_s
-        )
-    except httpx.HTTPError:
-        return False
-    return resp.status_code == 200 and resp.json().get("path") is not None

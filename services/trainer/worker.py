@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import os
 import socket
 import time
 
 import redis.asyncio as aioredis
-from PIL import Image
+from pydantic import SecretStr
 
 from magsrl.clients.magnifier import MagnifierClient, MagnifierError, MagnifierUnavailable
+from magsrl.clients.policy import PolicyClient, PolicyError
 from magsrl.common.errors import ServiceUnavailable
+from magsrl.common.images import decode_reduced
 from magsrl.engines.openai_upstream import OpenAIEngine
-from magsrl.policy.config import PolicySettings
+from magsrl.engines.settings import EngineSettings
+from magsrl.proto.episode import ServedOptions
+from magsrl.proto.policy import PolicyInfo
 from magsrl.proto.rollout import RolloutJob, RolloutResult
 from magsrl.trainer.config import WorkerSettings
 from magsrl.trainer.episode_stats import episode_stats
@@ -31,10 +34,11 @@ from magsrl.trainer.queue import Delivery, QueueError, RolloutConsumer
 from magsrl.trainer.registry import active_runs
 from magsrl.trainer.rewards import compute_reward
 from magsrl.trainer.trajectory import encode_images, images_from_messages, segments_from_rounds
-from magsrl.zoom.engine import SamplingParams, UnknownModel
+from magsrl.zoom.engine import UnknownModel
 from magsrl.zoom.loop import LoopOptions, ZoomLoop
 
 log = logging.getLogger("magsrl.worker")
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 
 
 class DependencyDown(Exception):
@@ -43,8 +47,10 @@ class DependencyDown(Exception):
 
 class RemotePolicy(OpenAIEngine):
     """The policy service seen as an upstream engine: the zoom loop's generate calls become
-    ``/v1/chat/completions`` with ``return_token_ids`` and log-probs. The model list is
-    fetched again only when a job names a version not seen yet (a just-loaded adapter)."""
+    ``/v1/chat/completions`` with ``return_token_ids`` and log-probs. Its family comes from
+    the policy's own model card (read from the model's config.json there), never from a
+    name. The model list is fetched again only when a job names a version not seen yet (a
+    just-loaded adapter)."""
 
     def set_frame(self, min_pixels: int | None, max_pixels: int | None) -> None:
         self.settings = self.settings.model_copy(
@@ -52,43 +58,65 @@ class RemotePolicy(OpenAIEngine):
         )
 
     async def know(self, model: str | None) -> None:
-        if model is None or model in self.model_names():
+        if self.known_family() is not None and (model is None or model in self.model_names()):
             return
         problem = await self.ready()
         if problem:
             raise DependencyDown(f"policy: {problem}")
 
 
+def remote_policy(
+    info: PolicyInfo, policy_url: str, api_key: SecretStr | None, timeout_s: float
+) -> RemotePolicy:
+    """An engine over the policy that ``info`` describes (its base model and family)."""
+    return RemotePolicy(
+        EngineSettings(
+            policy_model=info.model,
+            family=info.family,
+            upstream_url=f"{policy_url.rstrip('/')}/v1",
+            upstream_api_key=api_key,
+            upstream_timeout_s=timeout_s,
+        )
+    )
+
+
 async def run_job(
-    job: RolloutJob, policy: RemotePolicy, magnifier: MagnifierClient, worker: str
+    job: RolloutJob,
+    policy: RemotePolicy,
+    magnifier: MagnifierClient,
+    worker: str,
+    served: ServedOptions | None = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> RolloutResult:
-    """One rollout, start to finish. Failures become a result with ``error`` set (and no
+    """One rollout, start to finish, as ``/answer`` runs it: the same image decode (EXIF
+    orientation, the model's view), the job's options over what the policy serves
+    (``served``), the same loop. Failures become a result with ``error`` set (and no
     tokens), so the learner sees the job finished rather than waiting for it forever."""
     started = time.perf_counter()
     data = await magnifier.get_image(job.image_id)
     if data is None:
         raise MagnifierError(404, f"image {job.image_id} is no longer in the magnifier")
-    image = Image.open(io.BytesIO(data)).convert("RGB")
     policy.set_frame(job.frame_min_pixels, job.frame_max_pixels)
     await policy.know(job.policy_model)
-    opts = LoopOptions(
-        zoom=job.zoom,
-        upscale=job.upscale,
-        max_rounds=job.max_rounds,
-        protocol=job.protocol,
+    image, original = decode_reduced(
+        data, max_pixels=max_image_pixels, target=policy.frame_size, param="image"
+    )
+    opts = LoopOptions.from_episode(
+        job.episode_options(),
+        served or ServedOptions(),
         model=job.policy_model,
         question_suffix=job.question_suffix,
-        sampling=SamplingParams(
-            max_tokens=job.max_tokens,
-            temperature=job.temperature,
-            top_p=job.top_p,
-            seed=job.seed,
-            logprobs=True,
-        ),
+        logprobs=True,
     )
     loop = ZoomLoop(policy, magnifier)
     outcome = await loop.run(
-        image, data, job.image_id, job.sample.question, job.sample.options, opts
+        image,
+        data,
+        job.image_id,
+        job.sample.question,
+        job.sample.options,
+        opts,
+        original_size=original,
     )
     completions = [r.completions[0] for r in outcome.results]
     reward = compute_reward(
@@ -97,7 +125,7 @@ async def run_job(
         outcome.answer,
         [c.text for c in completions],
         job.rewards,
-        protocol=job.protocol,
+        protocol=opts.protocol,
         target_token=job.target_token,
         completion_tokens=[c.tokens or [] for c in completions] if job.target_token else None,
         zoom_mode=job.zoom,
@@ -150,19 +178,22 @@ def failed_result(job: RolloutJob, worker: str, error: str, started: float) -> R
 
 
 class RolloutWorker:
-    def __init__(self, settings: WorkerSettings) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        policy_client: PolicyClient | None = None,
+        magnifier: MagnifierClient | None = None,
+    ) -> None:
         self.settings = settings
         self.name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
         api_key = settings.api_key.get_secret_value() if settings.api_key else None
-        policy_settings = PolicySettings(
-            engine="openai",
-            upstream_url=f"{settings.policy_url}/v1",
-            upstream_api_key=settings.api_key,
-            upstream_timeout_s=settings.policy_timeout_s,
-            policy_model="policy",
-        )  # type: ignore[call-arg]
-        self.policy = RemotePolicy(policy_settings)
-        self.magnifier = MagnifierClient(
+        self.policy_client = policy_client or PolicyClient(
+            settings.policy_url, api_key=api_key, timeout_s=settings.policy_timeout_s
+        )
+        self.policy: RemotePolicy | None = None  # once the policy said what it serves
+        self.served = ServedOptions()
+        self.magnifier = magnifier or MagnifierClient(
             settings.magnifier_url, api_key=api_key, timeout_s=settings.magnifier_timeout_s
         )
         self.redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
@@ -171,12 +202,30 @@ class RolloutWorker:
         self.done = 0
         self.stopping = asyncio.Event()
 
-    async def _base_model(self) -> None:
-        # The zoom loop asks for the base model by the name the policy lists first.
-        models = await self.policy.http.get(f"{self.policy.base_url}/models")
-        models.raise_for_status()
-        names = [m["id"] for m in models.json()["data"]]
-        self.policy.upstream_model = self.policy.base_model = names[0]
+    async def connect(self) -> None:
+        """Asks the policy what it serves: its base model, its family (from the model's
+        config.json), and the crop and protocol settings jobs leave unset. Raises
+        ``DependencyDown`` while the policy is unreachable or still loading."""
+        try:
+            info = await self.policy_client.info()
+        except PolicyError as exc:
+            raise DependencyDown(f"policy: {exc}") from exc
+        if info.family is None:
+            raise DependencyDown(f"policy: {info.model} is still loading")
+        if self.policy is not None:
+            await self.policy.close()
+        self.policy = remote_policy(
+            info, self.settings.policy_url, self.settings.api_key, self.settings.policy_timeout_s
+        )
+        self.served = info.served
+        log.info(
+            "policy serves %s (%s), protocol %s, crops %s px in %s",
+            info.model,
+            info.family,
+            info.served.protocol,
+            info.served.crop_max_pixels,
+            info.served.crop_in,
+        )
 
     async def _consumers(self) -> list[RolloutConsumer]:
         configs = {c.run_id: c for c in await active_runs(self.redis)}
@@ -200,7 +249,15 @@ class RolloutWorker:
             await consumer.ack(delivery)
             return
         try:
-            result = await run_job(job, self.policy, self.magnifier, self.name)
+            assert self.policy is not None  # run() connects before taking jobs
+            result = await run_job(
+                job,
+                self.policy,
+                self.magnifier,
+                self.name,
+                self.served,
+                self.settings.max_image_pixels,
+            )
         except (
             DependencyDown,
             MagnifierUnavailable,
@@ -262,9 +319,9 @@ class RolloutWorker:
         )
         while not self.stopping.is_set():
             try:
-                await self._base_model()
+                await self.connect()
                 break
-            except Exception as exc:
+            except DependencyDown as exc:
                 log.info("waiting for the policy at %s (%s)", self.settings.policy_url, exc)
                 await asyncio.sleep(self.settings.worker_poll_s * 4)
         try:
@@ -277,5 +334,7 @@ class RolloutWorker:
             with contextlib.suppress(Exception):
                 await consumer.aclose()
         await self.magnifier.close()
-        await self.policy.close()
+        if self.policy is not None:
+            await self.policy.close()
+        await self.policy_client.close()
         await self.redis.aclose()

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from magsrl.common.errors import InvalidInput, NotFound
+from magsrl.common.errors import InvalidInput, MagsrlError, NotFound
 from magsrl.zoom.families import ModelFamily
 
 FinishReason = Literal["stop", "length"]
@@ -99,6 +99,11 @@ class Engine(abc.ABC):
 
     base_model: str
     family: ModelFamily  # set once the model is known
+    # Which distribution the log-probs an engine returns come from: "processed_logprobs" is
+    # the one the tokens were sampled from (after temperature and top-k/top-p), the one the
+    # learner scores. The hf engine records exactly that; the openai engine serves whatever
+    # its upstream runs with (checked at start).
+    logprobs_mode: str = "processed_logprobs"
 
     @abc.abstractmethod
     async def generate(self, request: GenerationRequest) -> GenerationResult: ...
@@ -120,6 +125,13 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def frame_size(self, width: int, height: int) -> tuple[int, int]:
         """The size the model's processor resizes an image to (Qwen2.5-VL's box frame)."""
+
+    def known_family(self) -> ModelFamily | None:
+        """The family once it is known (loaded, or learned from an upstream), else None."""
+        try:
+            return self.family
+        except (AttributeError, MagsrlError):
+            return None
 
     async def start(self) -> None:
         """Load the model or connect to the upstream; /ready reports progress."""

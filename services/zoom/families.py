@@ -4,12 +4,13 @@ patch geometry, and the exact image size their processor resizes to."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from magsrl.common.coords import Convention
+from magsrl.common.errors import InvalidInput
 
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 IMAGE_PAD_TOKEN = "<|image_pad|>"
@@ -118,6 +119,31 @@ def template_text(family: ModelFamily) -> str:
         .joinpath(TEMPLATES_FOLDER, family.template)
         .read_text(encoding="utf-8")
     )
+
+
+def check_aspect(width: int, height: int, param: str) -> None:
+    """Refuses, as the caller's fault, an image too elongated for the Qwen processor (which
+    raises inside ``smart_resize``): a 60000x1 image is a 400, not a 500."""
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_ASPECT_RATIO:
+        raise InvalidInput(
+            f"the image is {width}x{height}, an aspect ratio of {ratio:.0f}:1, over the "
+            f"model's limit of {MAX_ASPECT_RATIO}:1; crop or pad it",
+            param=param,
+        )
+
+
+def checked_frame(
+    frame_size: Callable[[int, int], tuple[int, int]], param: str = "image"
+) -> Callable[[int, int], tuple[int, int]]:
+    """``frame_size`` (the model's view of an image) that first refuses an image too
+    elongated for the processor (``check_aspect``)."""
+
+    def frame(width: int, height: int) -> tuple[int, int]:
+        check_aspect(width, height, param)
+        return frame_size(width, height)
+
+    return frame
 
 
 def smart_resize(

@@ -16,7 +16,7 @@ import io
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from PIL import Image
 
@@ -24,10 +24,19 @@ from magsrl.clients.magnifier import MagnifierClient, MagnifierError, MagnifierU
 from magsrl.common.coords import BoxError, Convention
 from magsrl.common.errors import BadRequest, ServiceUnavailable
 from magsrl.common.images import encode_image
+from magsrl.proto.episode import DEFAULT_CROP_PIXELS, EpisodeOptions, ServedOptions
 from magsrl.proto.magnifier import ZoomResponse
 from magsrl.proto.policy import CropRef, Round, Usage, Zoom
 from magsrl.proto.prompts import coordinate_hint, format_options, region_caption, render_prompt
 from magsrl.proto.tools import zoom_tool
+from magsrl.proto.vocab import (
+    CropPlacement,
+    ImageFormat,
+    MagnifierDown,
+    Protocol,
+    ReturnCrops,
+    ZoomMode,
+)
 from magsrl.zoom.boxes import ImageSlot, from_original, original_slot, to_original_crop
 from magsrl.zoom.choices import normalize_choice
 from magsrl.zoom.engine import Engine, GenerationRequest, GenerationResult, SamplingParams
@@ -38,20 +47,61 @@ MIN_BOX_SIDE = 28  # the design's minimum crop side, in original pixels
 
 @dataclass
 class LoopOptions:
-    zoom: Literal["auto", "off", "force"] = "auto"
-    upscale: str = "sr"
+    """The episode's options resolved for one run of the loop. Built from the wire model
+    (``EpisodeOptions``, with the policy's served settings filling its gaps) by
+    ``from_episode``, the one place the two meet."""
+
+    zoom: ZoomMode = "auto"
+    upscale: str = "sr"  # an UpscaleMethod, or a magnifier backend name
     max_rounds: int = 2
-    protocol: Literal["tags", "tools"] = "tags"
-    crop_in: Literal["tool", "user"] = "tool"
-    magnifier_down: Literal["error", "continue"] = "error"
-    crop_max_pixels: int = 512 * 512
-    crop_format: str = "jpeg"
+    protocol: Protocol = "tags"
+    crop_in: CropPlacement = "tool"
+    magnifier_down: MagnifierDown = "error"
+    crop_max_pixels: int = DEFAULT_CROP_PIXELS
+    crop_format: ImageFormat = "jpeg"
     crop_quality: int = 95
     max_zooms_per_round: int = 4
     model: str | None = None
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.0))
-    return_crops: Literal["ref", "b64"] = "ref"
+    return_crops: ReturnCrops = "ref"
     question_suffix: str | None = None  # e.g. the curriculum's stage-1 suffix
+
+    @classmethod
+    def from_episode(
+        cls,
+        options: EpisodeOptions,
+        served: ServedOptions,
+        *,
+        model: str | None = None,
+        return_crops: ReturnCrops = "ref",
+        question_suffix: str | None = None,
+        logprobs: bool = False,
+    ) -> LoopOptions:
+        """``options`` with unset served fields taken from ``served`` (what the policy
+        serves), as ``/answer``, the rollout worker and eval all run them."""
+        o = options.resolve(served)
+        return cls(
+            zoom=o.zoom,
+            upscale=o.upscale,
+            max_rounds=o.max_rounds,
+            protocol=o.protocol,  # type: ignore[arg-type]  # resolved: never None
+            crop_in=o.crop_in,  # type: ignore[arg-type]
+            magnifier_down=o.magnifier_down,  # type: ignore[arg-type]
+            crop_max_pixels=o.crop_max_pixels,  # type: ignore[arg-type]
+            crop_format=o.crop_format,  # type: ignore[arg-type]
+            crop_quality=o.crop_quality,  # type: ignore[arg-type]
+            max_zooms_per_round=o.max_zooms_per_round,  # type: ignore[arg-type]
+            model=model,
+            return_crops=return_crops,
+            question_suffix=question_suffix,
+            sampling=SamplingParams(
+                max_tokens=o.max_tokens,
+                temperature=o.temperature,
+                top_p=o.top_p,
+                seed=o.seed,
+                logprobs=logprobs,
+            ),
+        )
 
 
 @dataclass
