@@ -171,6 +171,11 @@ class LatencyStats(BaseModel):
     mean_ms: float | None
     model_ms: float | None = Field(description="Mean engine time per sample.")
     magnifier_ms: float | None = Field(description="Mean magnifier time per sample.")
+    queue_ms: float | None = Field(
+        None,
+        description="Mean wait in the engine's batch queue; None where the engine cannot "
+        "see it (an OpenAI upstream: that wait is inside model_ms).",
+    )
     overhead_ms: float | None = Field(description="Mean of the rest, as the policy splits it.")
 
 

@@ -83,7 +83,10 @@ class AnswerResponse(BaseModel):
     model: str
     usage: Usage
     timing_ms: dict[str, float] = Field(
-        description="total, model (engine time), magnifier, and overhead (the rest)."
+        description="total, model (engine time), magnifier, queue (time waiting in the "
+        "engine's batch queue; only the hf engine can see it: an OpenAI upstream queues "
+        "inside its own server, so there the key is absent and that wait is in model), and "
+        "overhead (the rest)."
     )
     zoom_skipped: str | None = Field(
         None,

@@ -79,10 +79,18 @@ def run(args: argparse.Namespace) -> int:
                 console.print(f"  zoom {zoom.box} -> {size}", markup=False)
     console.rule("answer")
     console.print(response.answer, markup=False, highlight=False)
-    t = response.timing_ms
-    console.print(
-        f"[dim]model {response.model}; {t['total']:.0f} ms total = model "
-        f"{t['model']:.0f} + magnifier {t['magnifier']:.0f} + overhead "
-        f"{t['overhead']:.0f}"
-    )
+    console.print(f"[dim]{timing_line(response.model, response.timing_ms)}")
     return 0
+
+
+def timing_line(model: str, t: dict[str, float]) -> str:
+    """The policy's time split, queue wait on its own: it used to be counted as overhead."""
+    queue = (
+        f"queue {t['queue']:.0f}"
+        if "queue" in t
+        else "queue n/a (an OpenAI upstream's queue is inside model)"
+    )
+    return (
+        f"model {model}; {t['total']:.0f} ms total = model {t['model']:.0f} + magnifier "
+        f"{t['magnifier']:.0f} + {queue} + overhead {t['overhead']:.0f}"
+    )

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from magsrl.common.errors import InvalidInput
@@ -28,6 +29,9 @@ class Pending:
     adapter: str | None
     future: asyncio.Future[GenerationResult]
     on_delta: Any = None  # streaming callback, run on the loop
+    # When the request entered the queue, so the result can say how long it waited there
+    # (reported as its own ``queue`` time, not hidden in the answer's overhead).
+    queued_at: float = field(default_factory=time.perf_counter)
 
 
 def group_key(pending: Pending) -> tuple[Any, ...]:
@@ -89,6 +93,7 @@ class BatchScheduler:
             chunk = [p for p in group[start : start + step] if not p.future.done()]
             if not chunk:
                 continue
+            started = time.perf_counter()
             results = await loop.run_in_executor(self.executor, self._run_isolated, chunk)
             for p, result in zip(chunk, results, strict=True):
                 if p.future.done():
@@ -96,6 +101,7 @@ class BatchScheduler:
                 if isinstance(result, BaseException):
                     p.future.set_exception(result)
                 else:
+                    result.queue_ms = (started - p.queued_at) * 1000
                     p.future.set_result(result)
 
     def _run_isolated(self, chunk: list[Pending]) -> list[GenerationResult | BaseException]:

@@ -77,6 +77,7 @@ def arm_stats(
             mean_ms=_round(stats.mean(latencies), 1),
             model_ms=timing("model"),
             magnifier_ms=timing("magnifier"),
+            queue_ms=timing("queue") if any("queue" in t for t in timed) else None,
             overhead_ms=timing("overhead"),
         ),
     )
@@ -251,13 +252,14 @@ def to_markdown(report: EvalReport) -> str:
         "",
         "## Time per sample (mean ms, as the policy splits it)",
         "",
-        "| arm | model | magnifier | overhead |",
-        "|---|---|---|---|",
+        "| arm | model | magnifier | queue | overhead |",
+        "|---|---|---|---|---|",
     ]
     for s in report.arms:
         t = s.latency
         lines.append(
-            f"| {s.arm.name} | {_ms(t.model_ms)} | {_ms(t.magnifier_ms)} | {_ms(t.overhead_ms)} |"
+            f"| {s.arm.name} | {_ms(t.model_ms)} | {_ms(t.magnifier_ms)} | {_ms(t.queue_ms)} "
+            f"| {_ms(t.overhead_ms)} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -11,7 +11,7 @@ from magsrl.common.images import decode_reduced
 from magsrl.proto.episode import ServedOptions
 from magsrl.proto.policy import AnswerRequest, AnswerResponse
 from magsrl.zoom.families import checked_frame
-from magsrl.zoom.loop import LoopOptions, ZoomLoop
+from magsrl.zoom.loop import LoopOptions, LoopOutcome, ZoomLoop
 
 
 def answer_options(request: AnswerRequest, served: ServedOptions) -> LoopOptions:
@@ -62,10 +62,21 @@ async def answer_episode(
         model=request.model or engine.base_model,
         usage=outcome.usage,
         zoom_skipped=outcome.zoom_skipped,
-        timing_ms={
-            "total": round(total, 3),
-            "model": round(outcome.engine_ms, 3),
-            "magnifier": round(outcome.magnifier_ms, 3),
-            "overhead": round(total - outcome.engine_ms - outcome.magnifier_ms, 3),
-        },
+        timing_ms=split_timing(total, outcome),
     )
+
+
+def split_timing(total: float, outcome: LoopOutcome) -> dict[str, float]:
+    """``total`` split into model, magnifier, queue (when the engine knows it) and the
+    rest. Queue wait used to land in "overhead", which then read as the policy's own cost
+    while an eval shared the engine."""
+    queue = outcome.queue_ms or 0.0
+    timing = {
+        "total": round(total, 3),
+        "model": round(outcome.engine_ms, 3),
+        "magnifier": round(outcome.magnifier_ms, 3),
+    }
+    if outcome.queue_ms is not None:
+        timing["queue"] = round(queue, 3)
+    timing["overhead"] = round(total - outcome.engine_ms - outcome.magnifier_ms - queue, 3)
+    return timing

@@ -84,6 +84,10 @@ class GenerationResult:
     prompt_tokens: int
     engine_ms: float
     model: str
+    # Time the request waited in the engine's own queue before its generation started, or
+    # None where the engine cannot see it (an OpenAI upstream queues inside its own server,
+    # so that wait is part of engine_ms there).
+    queue_ms: float | None = None
 
 
 @dataclass

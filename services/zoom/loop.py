@@ -116,6 +116,8 @@ class LoopOutcome:
     magnifier_ms: float
     zoom_skipped: str | None = None
     zoom_errors: int = 0
+    # Summed engine queue wait, None when any round's engine could not tell.
+    queue_ms: float | None = None
     # Per round: zoom requests beyond max_zooms_per_round, dropped unzoomed (the reward
     # penalises them as a format error).
     zooms_over_limit: list[int] = field(default_factory=list)
@@ -127,6 +129,7 @@ class _State:
     image_id: str | None = None
     engine_ms: float = 0.0
     magnifier_ms: float = 0.0
+    queue_ms: float | None = 0.0
     zoom_errors: int = 0
     zoom_skipped: str | None = None
     crop_images: dict[int, Image.Image] = field(default_factory=dict)  # by id(Zoom)
@@ -153,6 +156,10 @@ class Episode:
     def record(self, result: GenerationResult) -> None:
         self.results.append(result)
         self.state.engine_ms += result.engine_ms
+        if self.state.queue_ms is not None:
+            self.state.queue_ms = (
+                None if result.queue_ms is None else self.state.queue_ms + result.queue_ms
+            )
         self.usage.prompt_tokens += result.prompt_tokens
         self.usage.completion_tokens += len(result.completions[0].token_ids)
 
@@ -309,6 +316,7 @@ class ZoomLoop:
             usage=usage,
             engine_ms=state.engine_ms,
             magnifier_ms=state.magnifier_ms,
+            queue_ms=state.queue_ms if episode.results else None,
             zoom_skipped=state.zoom_skipped,
             zoom_errors=state.zoom_errors,
             zooms_over_limit=list(episode.zooms_over_limit),
