@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from magsrl.cli.answer import timing_line
 from magsrl.engines.hf_batching import BatchScheduler, Pending
+from magsrl.proto.policy import Usage
 from magsrl.zoom.answer import split_timing
 from magsrl.zoom.engine import GenerationRequest, GenerationResult, SamplingParams
 from magsrl.zoom.loop import LoopOutcome
-from magsrl.proto.policy import Usage
 
 
 def test_scheduler_reports_how_long_a_request_queued() -> None:

@@ -20,6 +20,8 @@ from magsrl.common.ports import free_port, port_is_free
 READY_POLL_S = 0.2
 STOP_GRACE_S = 10.0
 LOG_TAIL_LINES = 30
+# A /ready reason that will never turn into 200: waiting out the timeout only hides it.
+FATAL_READY_REASONS = ("failed to load",)
 __all__ = ["Service", "ServiceFailed", "Supervisor", "free_port", "port_is_free", "tail"]
 
 
@@ -122,6 +124,8 @@ class Supervisor:
                         del pending[name]
                     else:
                         last_reason[name] = resp.text[:300]
+                        if any(marker in resp.text for marker in FATAL_READY_REASONS):
+                            raise ServiceFailed(name, _ready_message(resp), tail(service.log_path))
                 if pending and time.monotonic() > deadline:
                     name = next(iter(pending))
                     raise ServiceFailed(
@@ -145,3 +149,11 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def _ready_message(resp: httpx.Response) -> str:
+    """The reason of a 503 from /ready, from its error envelope when it has one."""
+    try:
+        return str(resp.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return resp.text[:300]

@@ -44,10 +44,21 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--train",
         action="store_true",
-        help=f"also run {TRAIN_WORKERS} rollout workers, so `magsrl train` runs train",
+        help="kept for old scripts: rollout workers now run by default",
     )
-    parser.add_argument("--workers", type=int, default=TRAIN_WORKERS, help="with --train")
-    parser.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT_S)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=TRAIN_WORKERS,
+        help="rollout workers for 'magsrl train'; 0 runs none, and a run then waits "
+        "for workers started elsewhere (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=READY_TIMEOUT_S,
+        help="seconds to wait for every service's /ready (default: %(default)s)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -82,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
     runs_env = {"MAGSRL_RUNS_DIR": str((args.state_dir / "runs").resolve())}
     for name, port in ports.items():
         supervisor.add_magsrl_service(name, port, env={**urls, **model_env, **runs_env})
-    for i in range(args.workers if args.train else 0):
+    # Workers by default: without them the trainer sat at 0/8 for its whole step timeout.
+    # They load no model (they call the policy over HTTP), so they cost little.
+    for i in range(max(args.workers, 0)):
         supervisor.add_magsrl_service(
             "rollout-worker", 0, env=urls, http=False, label=f"rollout-worker-{i + 1}"
         )
@@ -114,26 +127,18 @@ def run(args: argparse.Namespace) -> int:
             url = service.url if service.http else "(takes jobs from redis)"
             table.add_row(service.name, url, str(service.log_path))
         console.print(table)
-        console.print(
-            f'try: magsrl answer photo.jpg "What is written on the sign?" '
-            f"--url http://127.0.0.1:{ports['policy']}"
-        )
-        console.print(f"trace viewer: http://127.0.0.1:{ports['policy']}/")
-        console.print(
-            "evaluate: magsrl eval synthetic --limit 20 --out eval-synthetic "
-            f"--policy http://127.0.0.1:{ports['policy']}"
-        )
-        if args.train:
-            console.print(
-                f"train: magsrl train examples/train-tiny.yaml --url http://127.0.0.1:{ports['trainer']}"
-            )
+        for label, command in next_commands(ports["policy"], ports["trainer"], args.workers):
+            console.print(f"{label}:")
+            # soft_wrap: a command longer than the terminal is not broken by inserted
+            # newlines, so it copies as one line.
+            console.print(f"  {command}", soft_wrap=True, markup=False, highlight=False)
         console.print("Ctrl-C stops everything.")
         while not stopping:
             supervisor.check_alive()
             time.sleep(WATCH_INTERVAL_S)
         return 0
     except ServiceFailed as exc:
-        console.print(f"[red]{exc}")
+        console.print(str(exc), style="red", markup=False, highlight=False)
         return 1
     except KeyboardInterrupt:
         return 0
@@ -141,6 +146,22 @@ def run(args: argparse.Namespace) -> int:
         console.print("stopping...")
         supervisor.stop()
         redis.stop()
+
+
+def next_commands(policy_port: int, trainer_port: int, workers: int) -> list[tuple[str, str]]:
+    """What to try next, each command short enough for an 80-column terminal (a wrapped
+    command copied from the terminal broke at the wrap)."""
+    policy = f"http://127.0.0.1:{policy_port}"
+    trainer = f"http://127.0.0.1:{trainer_port}"
+    commands = [
+        ("ask", f'magsrl answer photo.jpg "What is on the sign?" --url {policy}'),
+        ("trace viewer", f"{policy}/"),
+        ("evaluate", f"magsrl eval synthetic --limit 20 --policy {policy}"),
+    ]
+    if workers > 0:
+        commands.append(("train", f"magsrl train examples/train-tiny.yaml --url {trainer}"))
+        commands.append(("runs", f"magsrl runs list --url {trainer}"))
+    return commands
 
 
 def check_model(model: str | None) -> str | None:
