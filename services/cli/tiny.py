@@ -35,11 +35,19 @@ def run(args: argparse.Namespace) -> int:
     from magsrl.models.tiny import build_tiny_model
 
     console = Console(stderr=True)
+    if args.dir.exists() and not args.dir.is_dir():
+        # iterdir() on a file raised NotADirectoryError with a traceback.
+        console.print(f"[red]{args.dir} is a file; give a folder (new or empty)")
+        return 2
     if args.dir.exists() and any(args.dir.iterdir()):
         console.print(f"[red]{args.dir} exists and is not empty; choose a new folder")
         return 2
     start = time.perf_counter()
-    path = build_tiny_model(args.dir, family=args.family, seed=args.seed)
+    try:
+        path = build_tiny_model(args.dir, family=args.family, seed=args.seed)
+    except OSError as exc:  # e.g. a parent that is a file, or no permission
+        console.print(f"[red]cannot write {args.dir}: {exc.strerror or exc}")
+        return 2
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     console.print(
         f"[green]ok[/] tiny {args.family} model in {path} "

@@ -40,16 +40,46 @@ def load_config(path: Path, steps: int | None) -> Any:
     return RunConfig.model_validate({**config.model_dump(), **updates})
 
 
+def config_error(exc: Exception) -> str:
+    """One line for a config that cannot be read: pydantic's text with its documentation
+    URL, or a YAML parser's traceback, told a user nothing a line and a key would not."""
+    import yaml
+    from pydantic import ValidationError
+
+    from magsrl.common.errors import validation_message
+
+    if isinstance(exc, ValidationError):
+        return validation_message(list(exc.errors()))[0]
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return (
+            f"YAML syntax error at line {mark.line + 1}, column {mark.column + 1}: "
+            f"{exc.problem or exc.context}"
+        )
+    if isinstance(exc, yaml.YAMLError):
+        return f"not valid YAML: {exc}"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
+
+
 def run(args: argparse.Namespace) -> int:
     import httpx
+    import yaml
     from pydantic import ValidationError
     from rich.console import Console
 
     console = Console()
     try:
         config = load_config(args.config, args.steps)
-    except (OSError, ValidationError, ValueError) as exc:
-        console.print(f"[red]{args.config}: {exc}")
+    except (OSError, ValidationError, ValueError, yaml.YAMLError) as exc:
+        console.print(
+            f"{args.config}: {config_error(exc)}",
+            style="red",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         return 2
     key = os.environ.get("MAGSRL_API_KEY")
     headers = {"Authorization": f"Bearer {key}"} if key else {}

@@ -133,6 +133,8 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     for err in errors[:5]:
         param = loc_to_param(err.get("loc", ()))
         msg = err.get("msg", "invalid value")
+        # A validator's own ValueError reads as written, without pydantic's prefix.
+        msg = msg.removeprefix("Value error, ")
         pieces.append(f"{param}: {msg}" if param else msg)
     if len(errors) > 5:
         pieces.append(f"... and {len(errors) - 5} more")

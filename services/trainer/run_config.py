@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from magsrl.common.unknown_keys import check_unknown_keys
 from magsrl.proto.episode import MAX_ROUNDS_LIMIT, EpisodeOptions
 from magsrl.proto.rollout import RewardOptions
 from magsrl.proto.vocab import Protocol
@@ -37,6 +38,11 @@ class _Strict(BaseModel):
     # A typo ("learning_rte") must fail loudly, not silently run with the default; errors
     # name the field without echoing the whole submitted config.
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        return check_unknown_keys(cls, data)
 
 
 class GRPOSettings(_Strict):
@@ -395,6 +401,11 @@ class RunEpisode(EpisodeOptions):
     run config copies them in, and refuses a different value written here."""
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        return check_unknown_keys(cls, data)
 
 
 # episode field -> the grpo field that owns it in a run config
