@@ -405,7 +405,7 @@ def test_example_full_run_through_magsrl_up(tmp_path: Path) -> None:
             json.loads(line)
             for line in (Path(info["output_dir"]) / "metrics.jsonl").read_text().splitlines()
         ]
-        assert [r["step"] for r in rows] == [0, 1, 2]
+        assert [r["step"] for r in rows] == [1, 2, 3]
         assert all(r["failed"] == 0 and r["stale_dropped"] == 0 for r in rows), rows
         assert all(r["optimizer_steps"] >= 1 for r in rows[-1:]), rows
         served = httpx.get(f"{policy[1]}/v1/weights", timeout=30).json()

@@ -211,7 +211,7 @@ def test_a_run_improves_a_learnable_reward(stack: Stack) -> None:
     info = wait_for(stack.trainer_url, run_id, finished)
     assert info["status"] == "completed", info.get("error")
     rows = metrics_rows(info)
-    assert [r["step"] for r in rows] == list(range(16))
+    assert [r["step"] for r in rows] == list(range(1, 17))  # counted from 1
     rewards = [r["reward_mean"] for r in rows]
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert last > first + 0.1, f"rewards {[round(r, 3) for r in rewards]}"
@@ -238,7 +238,7 @@ def test_worker_killed_mid_job(stack: Stack) -> None:
     info = wait_for(stack.trainer_url, run_id, finished)
     assert info["status"] == "completed", info.get("error")
     rows = metrics_rows(info)
-    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(r["failed"] == 0 and r["stale_dropped"] == 0 for r in rows)
     # Every step trained on its full set of rollouts (no job lost with the worker).
     assert all(
@@ -270,7 +270,7 @@ def test_trainer_killed_and_restarted_resumes(stack: Stack) -> None:
     info = wait_for(again.url, run_id, finished)
     assert info["status"] == "completed", info.get("error")
     rows = metrics_rows(info)
-    assert [r["step"] for r in rows] == list(range(6))
+    assert [r["step"] for r in rows] == list(range(1, 7))
     events = [
         json.loads(line)
         for line in (Path(info["output_dir"]) / "events.jsonl").read_text().splitlines()

@@ -1,10 +1,16 @@
 """A run's metrics: one JSONL line per step (the record resume truncates to), TensorBoard
-scalars, and the PNG plots saved beside the final adapter."""
+scalars, and the PNG plots saved beside the final adapter.
+
+Steps are counted from 1 (the row of the first step says ``"step": 1``), as everything
+else a user sees counts them: the progress bar and ``RunInfo.step`` (steps done),
+checkpoints (``step-8.pt`` after the 8th) and the config's ``steps: 8``. Rows and plots
+used to count 0-7 while the bar counted 1-8."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +51,13 @@ class MetricsLog:
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
-    def truncate(self, before_step: int) -> None:
-        """Keeps the rows of steps before ``before_step``: a resumed run redoes the rest."""
-        kept = [r for r in self.rows() if r["step"] < before_step]
+    def truncate(self, steps_done: int) -> None:
+        """Keeps the rows of the first ``steps_done`` steps: a resumed run redoes the rest."""
+        kept = [r for r in self.rows() if r["step"] <= steps_done]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def append(self, step: int, metrics: dict[str, float]) -> None:
+        """``step``: the step just done, counted from 1."""
         with self.path.open("a") as fh:
             # The run's step last: the learner's own counter must not overwrite it.
             fh.write(json.dumps({**metrics, "step": step}) + "\n")
@@ -79,13 +86,14 @@ class MetricsLog:
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
         for name in PLOTTED:
-            points = [(r["step"], r[name]) for r in rows if name in r]
-            if not points:
+            if not any(name in r for r in rows):
                 continue
+            steps, values = series(rows, name)
             fig, ax = plt.subplots(figsize=(6, 3.5))
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3)
+            ax.plot(steps, values, marker="o", markersize=3)
             ax.set_xlabel("step")
             ax.set_ylabel(name)
+            ax.xaxis.get_major_locator().set_params(integer=True)
             ax.grid(alpha=0.3)
             fig.tight_layout()
             path = out_dir / f"{name}.png"
@@ -93,3 +101,10 @@ class MetricsLog:
             plt.close(fig)
             paths.append(path)
         return paths
+
+
+def series(rows: list[dict[str, Any]], name: str) -> tuple[list[int], list[float]]:
+    """Every step, and ``name``'s value at each, NaN where the step did not log it: a gap
+    in the plot, not a line from its neighbours (a step with no gradient has no loss, and
+    joining across it drew a loss it never had)."""
+    return [int(r["step"]) for r in rows], [float(r.get(name, math.nan)) for r in rows]

@@ -575,7 +575,7 @@ class RunLoop:
                     if every and self.validation_samples and (step + 1) % every == 0:
                         metrics.update(await self._validate(queue, step, version))
                     metrics["version"] = float(version)
-                    self.metrics.append(step, metrics)
+                    self.metrics.append(step + 1, metrics)  # steps done, as on_step counts
                     self.hooks.on_step(step + 1, metrics)
                     if (step + 1) % self.settings.checkpoint_every == 0 or (
                         step + 1 == self.config.steps
