@@ -40,6 +40,12 @@ def load_config(path: Path, steps: int | None) -> Any:
     return RunConfig.model_validate({**config.model_dump(), **updates})
 
 
+def auth_headers() -> dict[str, str]:
+    """The trainer's bearer key, from MAGSRL_API_KEY, when one is set."""
+    key = os.environ.get("MAGSRL_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def config_error(exc: Exception) -> str:
     """One line for a config that cannot be read: pydantic's text with its documentation
     URL, or a YAML parser's traceback, told a user nothing a line and a key would not."""
@@ -81,15 +87,14 @@ def run(args: argparse.Namespace) -> int:
             soft_wrap=True,
         )
         return 2
-    key = os.environ.get("MAGSRL_API_KEY")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = auth_headers()
     url = args.url.rstrip("/")
     try:
         resp = httpx.post(f"{url}/v1/runs", json=config.model_dump(), headers=headers, timeout=60)
     except httpx.HTTPError as exc:
         console.print(
             f"[red]cannot reach the trainer at {url} ({exc.__class__.__name__}); start the "
-            "stack with `magsrl up --train`, or pass --url"
+            "stack with 'magsrl up', or pass --url"
         )
         return 1
     if resp.status_code != 202:
@@ -110,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
         + (f" ({created['position']} ahead of it)" if created.get("position") else "")
     )
     if args.detach:
+        from magsrl.cli.runs import how_to_follow
+
+        console.print(how_to_follow(run_id, url), markup=False, soft_wrap=True)
         return 0
     return follow(url, run_id, headers, config.steps, console)
 
@@ -160,7 +168,9 @@ def follow(url: str, run_id: str, headers: dict[str, str], total: int, console: 
                         bar.console.print(f"{status}: {event['message']}")
     except KeyboardInterrupt:
         console.print(
-            f"stopped following; the run goes on (cancel: POST {url}/v1/runs/{run_id}/cancel)"
+            f"stopped following; the run goes on (magsrl runs follow {run_id}, "
+            f"magsrl runs cancel {run_id})",
+            markup=False,
         )
         return 130
     except httpx.HTTPError as exc:
