@@ -227,3 +227,9 @@ class EvalReport(BaseModel):
     comparisons: list[PairComparison]
     created: str
     elapsed_s: float = Field(description="Wall clock of the run that finished the file.")
+    total_elapsed_s: float | None = Field(
+        None,
+        description="Wall clock of every run that wrote the file, resumed ones included; "
+        "None when earlier runs left no time.",
+    )
+    runs: int = Field(1, description="How many runs wrote the file.")

@@ -133,11 +133,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _evaluate(config: Any, settings: Any, samples: list[Any], kind: str, console: Any) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
     from magsrl.eval.backends import BackendDown, make_backend
     from magsrl.eval.report import build_report, write_report
-    from magsrl.eval.runner import run_eval
+    from magsrl.eval.runner import Eta, run_eval
     from magsrl.proto.eval import EvalRecord
 
     backend = make_backend(config, settings)
@@ -147,12 +147,16 @@ async def _evaluate(config: Any, settings: Any, samples: list[Any], kind: str, c
         except BackendDown as exc:
             console.print(f"[red]{exc}")
             return 1
-        columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        # Our ETA, not rich's: its 30-second speed window jumped between minutes and hours.
+        columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), "{task.fields[eta]}")
         tally: dict[str, list[int]] = {arm.name: [0, 0] for arm in config.arms}
+        eta = Eta(0)
         with Progress(*columns, console=console) as bar:
-            task = bar.add_task("eval", total=None)
+            task = bar.add_task("eval", total=None, eta="")
 
             def on_start(total: int) -> None:
+                nonlocal eta
+                eta = Eta(total)
                 bar.update(task, total=total)
 
             def on_record(record: EvalRecord) -> None:
@@ -161,7 +165,8 @@ async def _evaluate(config: Any, settings: Any, samples: list[Any], kind: str, c
                 running = " ".join(
                     f"{name} {100 * r / s:.0f}%" for name, (r, s) in tally.items() if s
                 )
-                bar.update(task, advance=1, description=running)
+                eta.advance()
+                bar.update(task, advance=1, description=running, eta=eta.text())
 
             summary = await run_eval(samples, config, settings, backend, kind, on_record, on_start)
     finally:
@@ -178,6 +183,8 @@ async def _evaluate(config: Any, settings: Any, samples: list[Any], kind: str, c
         confidence=settings.confidence,
         resamples=settings.bootstrap_resamples,
         elapsed_s=summary.elapsed_s,
+        total_elapsed_s=summary.total_elapsed_s,
+        runs=summary.runs,
     )
     paths = write_report(report, config.out)
     _print_summary(console, report)

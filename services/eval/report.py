@@ -140,6 +140,8 @@ def build_report(
     confidence: float,
     resamples: int,
     elapsed_s: float,
+    total_elapsed_s: float | None = None,
+    runs: int = 1,
 ) -> EvalReport:
     """The report over ``arms`` and ``sample_ids`` (records of other samples or arms in the
     file are left out, so the report describes exactly the experiment asked for)."""
@@ -176,6 +178,8 @@ def build_report(
         ],
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         elapsed_s=round(elapsed_s, 1),
+        total_elapsed_s=None if total_elapsed_s is None else round(total_elapsed_s, 1),
+        runs=runs,
     )
 
 
@@ -193,6 +197,23 @@ def _estimate(e: Estimate, signed: bool = False) -> str:
     return f"{sign}{100 * e.value:.1f} [{100 * e.low:.1f}, {100 * e.high:.1f}]"
 
 
+def _upscale(arm: ArmSpec) -> str:
+    """No zoom, no crop to enlarge: the no-zoom row showed `sr`, as if it had used it."""
+    return "-" if arm.zoom == "off" else arm.upscale
+
+
+def _time_line(report: EvalReport) -> str:
+    """A resumed report used to state only the resumed part's time."""
+    if report.runs <= 1:
+        return f"the run took {report.elapsed_s:.0f} s"
+    total = (
+        "earlier runs' time unknown"
+        if report.total_elapsed_s is None
+        else f"{report.total_elapsed_s:.0f} s in all"
+    )
+    return f"{report.runs} runs (resumed): {total}, the last {report.elapsed_s:.0f} s"
+
+
 def to_markdown(report: EvalReport) -> str:
     level = f"{100 * report.confidence:.0f}%"
     lines = [
@@ -203,7 +224,7 @@ def to_markdown(report: EvalReport) -> str:
         f"- seed: {report.seed} (sample draw and multiple-choice option order)",
         "- backend: " + ", ".join(f"{k} `{v}`" for k, v in report.backend.items()),
         f"- intervals: {level} percentile bootstrap, {report.bootstrap_resamples} resamples",
-        f"- created {report.created}; this run took {report.elapsed_s:.0f} s",
+        f"- created {report.created}; {_time_line(report)}",
         "",
         "## Accuracy per arm",
         "",
@@ -213,7 +234,7 @@ def to_markdown(report: EvalReport) -> str:
     ]
     for s in report.arms:
         lines.append(
-            f"| {s.arm.name} | {s.arm.zoom} | {s.arm.upscale} | {_estimate(s.accuracy.accuracy)} "
+            f"| {s.arm.name} | {s.arm.zoom} | {_upscale(s.arm)} | {_estimate(s.accuracy.accuracy)} "
             f"| {s.accuracy.n} | {s.errors} | {_pct(s.zoom_rate)} | {s.mean_zooms:.2f} "
             f"| {_pct(s.boxes.median_fraction)} | {_ms(s.latency.p50_ms)} "
             f"| {_ms(s.latency.p95_ms)} |"
@@ -264,6 +285,18 @@ def to_markdown(report: EvalReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def percent_bars(report: EvalReport) -> tuple[list[str], list[float], list[list[float]]]:
+    """Arm names, accuracies and error bars (below, above) in percent: the axis was 0-1
+    while the bars' labels said %."""
+    names = [s.arm.name for s in report.arms]
+    values = [100 * s.accuracy.accuracy.value for s in report.arms]
+    errors = [
+        [v - 100 * s.accuracy.accuracy.low for v, s in zip(values, report.arms, strict=True)],
+        [100 * s.accuracy.accuracy.high - v for v, s in zip(values, report.arms, strict=True)],
+    ]
+    return names, values, errors
+
+
 def plot_accuracy(report: EvalReport, path: Path) -> None:
     """Accuracy per arm with its interval as error bars."""
     import matplotlib
@@ -271,25 +304,20 @@ def plot_accuracy(report: EvalReport, path: Path) -> None:
     matplotlib.use("Agg")  # files only: no display here, and none needed
     import matplotlib.pyplot as plt
 
-    names = [s.arm.name for s in report.arms]
-    values = [s.accuracy.accuracy.value for s in report.arms]
-    errors = [
-        [v - s.accuracy.accuracy.low for v, s in zip(values, report.arms, strict=True)],
-        [s.accuracy.accuracy.high - v for v, s in zip(values, report.arms, strict=True)],
-    ]
+    names, values, errors = percent_bars(report)
     fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2.5, 4.0), dpi=120)
     bars = ax.bar(names, values, yerr=errors, capsize=6, color="#4c72b0", ecolor="#222")
     for bar, value in zip(bars, values, strict=True):
         ax.annotate(
-            f"{100 * value:.1f}%",
+            f"{value:.1f}%",
             (bar.get_x() + bar.get_width() / 2, value),
             xytext=(0, 3),
             textcoords="offset points",
             ha="center",
             fontsize=9,
         )
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel(f"accuracy ({100 * report.confidence:.0f}% bootstrap CI)")
+    ax.set_ylim(0, 105)
+    ax.set_ylabel(f"accuracy, % ({100 * report.confidence:.0f}% bootstrap CI)")
     ax.set_title(f"{Path(report.dataset).name}: {report.samples} samples, seed {report.seed}")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import logging
 import time
 from collections import Counter
@@ -42,6 +43,13 @@ class ImageInfo:
     thumb: str | None
 
 
+# Beside results.jsonl: the wall clock of every run that wrote it, so a resumed report states
+# the whole experiment's time, not only the resumed part's.
+TIME_FILE = "eval_time.json"
+# Records before the ETA is shown: the first few say little about the pace.
+ETA_MIN_DONE = 3
+
+
 @dataclass
 class RunSummary:
     done: int = 0  # records written by this run
@@ -49,7 +57,63 @@ class RunSummary:
     failed: int = 0  # records with an error
     stopped: str | None = None  # why the run stopped early
     elapsed_s: float = 0.0
+    # Every run's time together (this one included), and how many runs; None when earlier
+    # runs wrote records but left no time (files from before the ledger).
+    total_elapsed_s: float | None = None
+    runs: int = 1
     records: dict[str, EvalRecord] = field(default_factory=dict)
+
+
+class Eta:
+    """Seconds left at the run's average pace so far. rich's own estimate uses the last 30 s
+    of speed, and with arms of very different cost (no-zoom in a second, zoom-sr in tens)
+    finishing in bursts it jumped between 4 minutes and 1 h 18 on one run; the whole run's
+    average moves only as the pace really changes (arms of a sample run together, so every
+    stretch of the run has the same mix)."""
+
+    def __init__(self, total: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total = total
+        self.clock = clock
+        self.started = clock()
+        self.done = 0
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+
+    def remaining_s(self) -> float | None:
+        elapsed = self.clock() - self.started
+        if self.done < ETA_MIN_DONE or elapsed <= 0:
+            return None
+        return (self.total - self.done) * elapsed / self.done
+
+    def text(self) -> str:
+        left = self.remaining_s()
+        if left is None:
+            return "ETA -"
+        minutes, seconds = divmod(round(left), 60)
+        hours, minutes = divmod(minutes, 60)
+        return (
+            f"ETA {hours}:{minutes:02d}:{seconds:02d}" if hours else f"ETA {minutes}:{seconds:02d}"
+        )
+
+
+def add_run_time(out: Path, elapsed_s: float, earlier_records: int) -> tuple[float | None, int]:
+    """Adds this run to the folder's time ledger; returns every run's time and the number
+    of runs. Earlier records with no ledger (older files) make the total unknown (None)."""
+    path = out / TIME_FILE
+    total: float | None
+    if earlier_records == 0:  # a fresh results file starts a fresh ledger
+        path.unlink(missing_ok=True)
+    try:
+        ledger = json.loads(path.read_text())
+        runs = int(ledger["runs"])
+        total = None if ledger["elapsed_s"] is None else float(ledger["elapsed_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        runs, total = (0, 0.0) if earlier_records == 0 else (1, None)
+    total = None if total is None else round(total + elapsed_s, 3)
+    runs += 1
+    path.write_text(json.dumps({"elapsed_s": total, "runs": runs}) + "\n")
+    return total, runs
 
 
 class ImageCache:
@@ -173,6 +237,7 @@ async def run_eval(
     started = time.perf_counter()
     results = ResultsFile(config.out / RESULTS_FILE)
     summary = RunSummary(records=results.load())
+    earlier = len(summary.records)
     todo = [
         (sample, arm)
         for sample in samples
@@ -235,6 +300,7 @@ async def run_eval(
         await asyncio.gather(*workers, return_exceptions=True)
         results.close()
         summary.elapsed_s = time.perf_counter() - started
+        summary.total_elapsed_s, summary.runs = add_run_time(config.out, summary.elapsed_s, earlier)
     return summary
 
 
