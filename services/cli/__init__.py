@@ -20,7 +20,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (up, serve, answer, eval_cmd, train, runs, curriculum, data, weights, tiny):
         module.register(sub)
+    _plain_text(parser)
     return parser
+
+
+def _plain_text(parser: argparse.ArgumentParser) -> None:
+    """Descriptions are the modules' docstrings, written in reStructuredText for the docs:
+    a terminal showed their ``double backticks`` literally, so they become quotes here."""
+    if parser.description:
+        parser.description = parser.description.replace("``", "'")
+    for action in parser._actions:
+        if action.help:
+            action.help = action.help.replace("``", "'")
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _plain_text(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

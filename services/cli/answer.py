@@ -20,15 +20,29 @@ DEFAULT_TIMEOUT_S = 600.0
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("answer", help="answer a question about an image", description=__doc__)
-    parser.add_argument("image", type=Path)
-    parser.add_argument("question")
+    parser.add_argument("image", type=Path, help="an image file")
+    parser.add_argument("question", help="the question, quoted")
     parser.add_argument(
-        "--url", default=os.environ.get("MAGSRL_POLICY_URL", "http://127.0.0.1:8000")
+        "--url",
+        default=os.environ.get("MAGSRL_POLICY_URL", "http://127.0.0.1:8000"),
+        help="the policy (default: MAGSRL_POLICY_URL or %(default)s)",
     )
     parser.add_argument("--options", nargs="+", default=None, help="multiple-choice options")
-    parser.add_argument("--zoom", choices=ZOOM_MODES, default="auto")
-    parser.add_argument("--upscale", choices=UPSCALE_METHODS, default="sr")
-    parser.add_argument("--max-rounds", type=int, default=2)
+    parser.add_argument(
+        "--zoom",
+        choices=ZOOM_MODES,
+        default="auto",
+        help="auto: the model decides; force: round 1 must zoom; off (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--upscale",
+        choices=UPSCALE_METHODS,
+        default="sr",
+        help="how crops are enlarged (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-rounds", type=int, default=2, help="rounds per answer (default: %(default)s)"
+    )
     parser.add_argument("--model", default=None, help="an adapter name")
     parser.add_argument("--json", action="store_true", help="print the raw response")
     parser.set_defaults(func=run)

@@ -25,15 +25,24 @@ def register(sub: Any) -> None:
         "--split", default=None, help="a split or category, where the format has them"
     )
     parser.add_argument("--limit", type=int, default=None, help="score only the first N samples")
-    parser.add_argument("--judge", choices=METHODS, default="heuristic", help="the judge method")
+    parser.add_argument(
+        "--judge",
+        choices=METHODS,
+        default="heuristic",
+        help="the judge method (default: %(default)s)",
+    )
     parser.add_argument("--select", type=int, default=None, help="keep N samples, stratified")
     parser.add_argument(
-        "--mix", default="easy=1,medium=1,hard=1", help="level weights for --select"
+        "--mix",
+        default="easy=1,medium=1,hard=1",
+        help="level weights for --select (default: %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="of --select (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=None, help="default: DATASET.curriculum.jsonl")
     parser.add_argument(
-        "--judge-url", default=os.environ.get("MAGSRL_JUDGE_URL", "http://127.0.0.1:8002")
+        "--judge-url",
+        default=os.environ.get("MAGSRL_JUDGE_URL", "http://127.0.0.1:8002"),
+        help="the judge service (default: MAGSRL_JUDGE_URL or %(default)s)",
     )
     parser.add_argument("--policy-model", default=None, help="pass_rate: the adapter to measure")
     parser.add_argument("--no-cache", action="store_true", help="score afresh")

@@ -33,14 +33,18 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("dataset", help="a dataset file or folder the loaders read, or synthetic")
     parser.add_argument(
-        "--arms", default=DEFAULT_ARMS, help=f"comma-separated, from: {', '.join(known_arms())}"
+        "--arms",
+        default=DEFAULT_ARMS,
+        help=f"comma-separated, from: {', '.join(known_arms())} (default: %(default)s)",
     )
     parser.add_argument("--limit", type=int, default=None, help="draw N samples with the seed")
     parser.add_argument(
         "--seed", type=int, default=0, help="sample draw, option order, bootstrap (default 0)"
     )
     parser.add_argument("--out", type=Path, default=None, help="default: ./eval-<dataset name>")
-    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="requests in flight (default: %(default)s)"
+    )
     parser.add_argument("--kind", default="auto", help="dataset format (default: detect)")
     parser.add_argument("--split", default=None, help="a split or category, where it has them")
     parser.add_argument("--fresh", action="store_true", help="start over (old results kept aside)")
@@ -64,11 +68,20 @@ def register(sub: Any) -> None:
         help="tags or tools (default: the policy's; with --openai: tags)",
     )
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--max-rounds", type=int, default=2)
-    sampling.add_argument("--temperature", type=float, default=0.0)
-    sampling.add_argument("--max-tokens", type=int, default=None)
+    sampling.add_argument(
+        "--max-rounds", type=int, default=2, help="rounds per answer (default: %(default)s)"
+    )
+    sampling.add_argument(
+        "--temperature", type=float, default=0.0, help="0 is greedy (default: %(default)s)"
+    )
+    sampling.add_argument(
+        "--max-tokens", type=int, default=None, help="per round (default: the policy's)"
+    )
     parser.add_argument(
-        "--synthetic-size", type=_size, default=(2048, 1536), help="canvas of synthetic scenes"
+        "--synthetic-size",
+        type=_size,
+        default=(2048, 1536),
+        help="canvas of synthetic scenes, WxH (default: 2048x1536)",
     )
     parser.set_defaults(func=run)
 

@@ -21,7 +21,7 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "serve", help="run one service", description="Run one magsrl service in the foreground."
     )
-    parser.add_argument("service", choices=sorted(SERVICES))
+    parser.add_argument("service", choices=sorted(SERVICES), help="which service to run")
     parser.add_argument(
         "--host", default=None, help="interface (default: MAGSRL_HOST or 127.0.0.1)"
     )

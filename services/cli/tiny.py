@@ -23,7 +23,10 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("dir", type=Path, metavar="DIR", help="output folder")
     parser.add_argument(
-        "--family", choices=sorted(FAMILIES), default=DEFAULT_FAMILY, help="model family"
+        "--family",
+        choices=sorted(FAMILIES),
+        default=DEFAULT_FAMILY,
+        help="model family (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="weight initialisation seed")
     parser.set_defaults(func=run)

@@ -19,9 +19,17 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "config", type=Path, help="a run config (YAML), e.g. examples/train-tiny.yaml"
     )
-    parser.add_argument("--url", default=os.environ.get("MAGSRL_TRAINER_URL", DEFAULT_URL))
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("MAGSRL_TRAINER_URL", DEFAULT_URL),
+        help="the trainer (default: MAGSRL_TRAINER_URL or %(default)s)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="override the config's steps")
-    parser.add_argument("--detach", action="store_true", help="start it and return")
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help="start it, print how to follow and cancel it, and return",
+    )
     parser.set_defaults(func=run)
 
 
