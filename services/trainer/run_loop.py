@@ -417,7 +417,7 @@ class RunLoop:
                     f"{len(ids) - len(found)} of {len(ids)} rollouts did not finish within "
                     f"{self.settings.step_timeout_s:.0f}s (queue: {stats}). Are rollout "
                     "workers running? Start them with `magsrl serve rollout-worker` or "
-                    "`magsrl up --train`."
+                    "`magsrl up` (it runs two by default)."
                 )
         return [found[i] for i in ids]
 
