@@ -414,4 +414,5 @@ def test_openai_engine_adapters_and_answer(proxied: RunningService, adapter_dir:
     )
     assert answer.status_code == 200, answer.text
     assert answer.json()["model"] == "proxied-v1"
+    assert "queue" not in answer.json()["timing_ms"]  # its upstream's queue is not visible
     assert httpx.delete(f"{proxied.url}/v1/adapters/proxied-v1").status_code == 200

@@ -5,8 +5,12 @@ batch queue behind another call used to show that wait as the answer's "overhead
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+import httpx
+import pytest
 
 from magsrl.cli.answer import timing_line
 from magsrl.engines.hf_batching import BatchScheduler, Pending
@@ -14,6 +18,7 @@ from magsrl.proto.policy import Usage
 from magsrl.zoom.answer import split_timing
 from magsrl.zoom.engine import GenerationRequest, GenerationResult, SamplingParams
 from magsrl.zoom.loop import LoopOutcome
+from tests.conftest import RunningService, photo, png_bytes
 
 
 def test_scheduler_reports_how_long_a_request_queued() -> None:
@@ -76,3 +81,29 @@ def test_openai_engine_says_it_cannot_see_the_queue() -> None:
     assert "queue" not in timing
     assert timing["overhead"] == 100.0
     assert "queue n/a" in timing_line("tiny", timing)
+
+
+@pytest.mark.slow
+def test_answers_sharing_the_hf_engine_report_their_queue(policy: RunningService) -> None:
+    """Pins: /answer's timing_ms from the real hf engine had no queue; with three requests
+    at once, at least one waits behind another's generation and says so."""
+    body = {
+        "image": {"b64": base64.b64encode(png_bytes(photo("coffee"))).decode()},
+        "question": "What is this?",
+        "max_tokens": 16,
+        "temperature": 1.0,
+        "seed": 1,  # seeded requests run alone: the others must wait for the engine
+        "zoom": "off",
+    }
+    with ThreadPoolExecutor(3) as pool:
+        futures = [
+            pool.submit(httpx.post, f"{policy.url}/answer", json=body, timeout=300)
+            for _ in range(3)
+        ]
+        timings = []
+        for future in as_completed(futures):
+            resp = future.result()
+            assert resp.status_code == 200, resp.text
+            timings.append(resp.json()["timing_ms"])
+    assert all("queue" in t and t["overhead"] >= -1 for t in timings)
+    assert max(t["queue"] for t in timings) > 0.5 * min(t["model"] for t in timings)
