@@ -79,3 +79,31 @@ def test_probe_polls_leave_no_access_lines() -> None:
 
     assert not quiet.filter(record("/ready"))
     assert quiet.filter(record("/v1/answer"))
+
+
+@pytest.mark.slow
+def test_up_with_a_model_that_cannot_load_stops_with_the_error(tmp_path: Path) -> None:
+    """Pins, end to end: `magsrl up` with a broken model folder waited out its whole ready
+    timeout and printed 30 lines of `GET /ready 503` instead of the load error."""
+    import subprocess
+
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no_such_architecture"}')
+    started = time.monotonic()
+    argv = ["up", "--state-dir", str(tmp_path / "state"), "--model", str(broken)]
+    argv += ["--workers", "0", "--ready-timeout", "280"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "magsrl.cli", *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        start_new_session=True,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert time.monotonic() - started < 200
+    assert "model failed to load" in out
+    assert "GET /ready" not in out
