@@ -92,6 +92,12 @@ export async function api(path, { method = "GET", body, as = "json" } = {}) {
   }
 }
 
+/** Whether to show the key field: the policy wants a key, or one is set (to forget it).
+ * It showed beside "no key needed", inviting a key nothing would read. */
+export function keyFieldWanted(required, key) {
+  return Boolean(required || key);
+}
+
 /** True until the user has entered a key on a policy that wants one. */
 export function needsKey() {
   return authRequired() && !getKey();

@@ -83,7 +83,11 @@ function recordItem(record) {
       el("span", { class: "rec-id", text: record.sample_id }),
       el("span", { class: "rec-arm", text: record.arm }),
       el("span", { class: "rec-q", text: record.question }),
-      el("span", { class: "rec-a", text: `${record.answer || "∅"} / gold ${record.gold}` }),
+      el("span", {
+        class: "rec-a",
+        text: `${record.answer || "∅"} / gold ${record.gold}`,
+        title: `${record.answer || "∅"} / gold ${record.gold}`, // the whole of a cut answer
+      }),
     ),
   );
 }

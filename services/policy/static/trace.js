@@ -5,7 +5,10 @@
 import { byId, clear, el, ms, show, svg } from "./dom.js";
 
 const METHOD_NAMES = { sr: "super-resolved", bicubic: "bicubic", crop: "plain crop" };
-const TIMING_PARTS = ["model", "magnifier", "overhead"];
+// queue: the wait in the hf engine's batch queue (absent where the engine cannot see it).
+const TIMING_PARTS = ["model", "magnifier", "queue", "overhead"];
+// Blank lines kept in a row; a random model's ~500 newlines drew a 9,000-px empty box.
+const MAX_BLANK_LINES = 2;
 const ROUND_COLOURS = 4; // .round-0 .. .round-3 in viewer.css
 const CROP_DISPLAY_PX = 256; // every method's crop shown at this width, so they compare
 const CROP_MAX_HEIGHT_PX = 320;
@@ -156,6 +159,15 @@ async function showImage(trace, served, render) {
 }
 
 // ---- rounds --------------------------------------------------------------------------
+/** ``text`` with each run of more than MAX_BLANK_LINES blank lines folded into one line
+ * that says how many there were. */
+export function collapseBlankLines(text) {
+  return text.replace(/\n(?:[ \t]*\n){3,}/g, (run) => {
+    const blank = run.split("\n").length - 2;
+    return `\n${"\n".repeat(MAX_BLANK_LINES - 1)}[… ${blank} blank lines …]\n\n`;
+  });
+}
+
 function highlighted(text) {
   return text
     .split(TAG_PATTERN)
@@ -196,7 +208,7 @@ function renderRounds(list, rounds) {
         "li",
         { class: `round round-${r % ROUND_COLOURS}` },
         el("h3", { text: `Round ${r + 1}` }),
-        el("pre", { class: "round-text" }, ...highlighted(round.text || "")),
+        el("pre", { class: "round-text" }, ...highlighted(collapseBlankLines(round.text || ""))),
         zooms.length
           ? el("ul", { class: "zoom-list" }, ...zooms.map((z, k) => zoomItem(z, r, k)))
           : null,

@@ -1,7 +1,7 @@
 // The trace viewer's entry point: the API key field and the two modes, Ask (ask.js: a live
 // /answer) and Results (browse.js: an eval results file). Rendering lives in trace.js.
 
-import { authRequired, getKey, setKey } from "./api.js";
+import { authRequired, getKey, keyFieldWanted, setKey } from "./api.js";
 import { initAsk, loadSamples, showLastAnswer } from "./ask.js";
 import { initBrowse, showLastRecord } from "./browse.js";
 import { byId, show } from "./dom.js";
@@ -23,6 +23,8 @@ function renderKeyStatus() {
   else if (authRequired()) status.textContent = "this policy needs a key";
   else status.textContent = "no key needed";
   status.className = key || !authRequired() ? "ok" : "warn";
+  const wanted = keyFieldWanted(authRequired(), key);
+  for (const id of ["api-key-label", "api-key", "key-save", "key-clear"]) show(byId(id), wanted);
 }
 
 async function saveKey(event) {
