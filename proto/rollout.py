@@ -73,6 +73,13 @@ class RolloutResult(BaseModel):
     zoom_errors: int
     rounds: int
     completion_tokens: int
+    retokenize_mismatch: int = Field(
+        0,
+        ge=0,
+        description="Tokens of earlier rounds that differ between the sampler's context and "
+        "the learner's sequence (magsrl.trainer.trajectory.retokenize_mismatch); 0 when "
+        "every round was sampled after exactly the history the learner trains on.",
+    )
     error: str | None = Field(
         None, description="Set when the rollout failed; it then carries no tokens."
     )

@@ -16,6 +16,7 @@ from PIL import Image
 
 from magsrl.common.errors import APIError, ServiceUnavailable
 from magsrl.common.images import to_b64
+from magsrl.engines.sampled_text import sampled_text
 from magsrl.policy.config import PolicySettings
 from magsrl.zoom.engine import (
     Completion,
@@ -264,6 +265,8 @@ def _completion(choice: dict[str, Any]) -> Completion:
         _tool_call_text(tc["function"]["name"], tc["function"].get("arguments") or "{}")
         for tc in message.get("tool_calls") or []
     )
+    if message.get("tool_calls"):  # the turn as sampled, not rebuilt (sampled_text.py)
+        text = sampled_text(choice) or text
     logprobs = None
     tokens = None
     content = (choice.get("logprobs") or {}).get("content")

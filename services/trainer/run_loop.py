@@ -255,6 +255,8 @@ class RunLoop:
             "format": statistics.fmean(r.components.get("format", 0.0) for r in ok),
             "completion_tokens": statistics.fmean(float(r.completion_tokens) for r in ok),
             "rounds": statistics.fmean(float(r.rounds) for r in ok),
+            # Re-render drift: should stay 0 (trajectory.retokenize_mismatch).
+            "retokenize_mismatch": statistics.fmean(float(r.retokenize_mismatch) for r in ok),
         }
 
     async def _step(

@@ -29,7 +29,12 @@ from magsrl.trainer.config import WorkerSettings
 from magsrl.trainer.queue import Delivery, QueueError, RolloutConsumer
 from magsrl.trainer.registry import active_runs
 from magsrl.trainer.rewards import compute_reward
-from magsrl.trainer.trajectory import encode_images, images_from_messages, segments_from_rounds
+from magsrl.trainer.trajectory import (
+    encode_images,
+    images_from_messages,
+    retokenize_mismatch,
+    segments_from_rounds,
+)
 from magsrl.zoom.engine import SamplingParams, UnknownModel
 from magsrl.zoom.loop import LoopOptions, ZoomLoop
 
@@ -115,6 +120,7 @@ async def run_job(
         zoom_errors=outcome.zoom_errors,
         rounds=len(outcome.rounds),
         completion_tokens=sum(len(c.token_ids) for c in completions),
+        retokenize_mismatch=retokenize_mismatch(outcome.results, job.eos_token_id),
         elapsed_ms=(time.perf_counter() - started) * 1000,
     )
 
