@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from magsrl.common.errors import BadRequest
-from magsrl.engines.recorder import TokenRecorder
+from magsrl.engines.recorder import TokenRecorder, warpers
 from magsrl.models.device import pick_device, pick_dtype
 from magsrl.policy.config import PolicySettings
 from magsrl.zoom.engine import (
@@ -97,6 +97,7 @@ class HFEngine(Engine):
         self.template = template_text(self.family)
         self.model = load_model(Path(path), device=str(self.device), dtype=self.dtype)
         self.model.eval()
+        self.model.generation_config = neutral_generation_config(self.model.generation_config)
         config = self.model.config
         text_config = getattr(config, "text_config", config)
         self.max_context = self.settings.max_context or int(text_config.max_position_embeddings)
@@ -326,7 +327,6 @@ class HFEngine(Engine):
             decode=self._decode,
             eos_ids=self.eos_ids,
             stop=sampling.stop,
-            temperature=sampling.temperature,
             want_logprobs=sampling.logprobs,
             top_k=sampling.top_logprobs,
             on_delta=on_delta if any(deltas) else None,
@@ -337,7 +337,7 @@ class HFEngine(Engine):
             self.model.generate(
                 **inputs,
                 generation_config=self._generation_config(sampling, max_new),
-                logits_processor=[recorder],
+                logits_processor=[*warpers(sampling), recorder],
                 streamer=recorder,
                 tokenizer=self.tokenizer if sampling.stop else None,
             )
@@ -390,11 +390,9 @@ class HFEngine(Engine):
             "do_sample": sampling.temperature > 0,
         }
         if sampling.temperature > 0:
-            kwargs.update(
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                top_k=sampling.top_k if sampling.top_k > 0 else 0,
-            )
+            # Temperature, top-k and top-p are applied by warpers() in front of the recorder;
+            # transformers must add none of its own (its top_k defaults to 50).
+            kwargs.update(temperature=1.0, top_p=1.0, top_k=0)
         if sampling.stop:
             kwargs["stop_strings"] = list(sampling.stop)
         return GenerationConfig(**kwargs)
@@ -429,3 +427,23 @@ class HFEngine(Engine):
             tokens=tokens,
             top_logprobs=top,
         )
+
+
+def neutral_generation_config(loaded: Any) -> Any:
+    """A generation config with only the checkpoint's special token ids. transformers fills
+    every field a request leaves unset from the model's generation_config.json (real Qwen
+    checkpoints ship repetition_penalty 1.05, top_k, top_p): the sampler would then draw
+    from a distribution the learner never computes. Requests name what they want; nothing
+    else applies (vLLM's `--generation-config vllm`, as compose.yaml runs it)."""
+    from transformers import GenerationConfig
+
+    keep = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+    ids = {k: getattr(loaded, k, None) for k in keep if getattr(loaded, k, None) is not None}
+    dropped = {
+        k: v
+        for k, v in loaded.to_diff_dict().items()
+        if k not in keep and k not in ("transformers_version", "_from_model_config")
+    }
+    if dropped:
+        log.info("not sampling with the checkpoint's generation_config.json: %s", dropped)
+    return GenerationConfig(**ids)
