@@ -37,6 +37,8 @@ class RolloutJob(BaseModel):
     # The policy's processor bounds, so boxes map from the model's frame as the policy did.
     frame_min_pixels: int | None = None
     frame_max_pixels: int | None = None
+    # The engine's images-per-prompt limit: crops past it are not made (zoom/loop.py).
+    max_images: int | None = Field(None, ge=1)
     eos_token_id: int = Field(description="End of turn: where each assistant turn ends.")
     rewards: dict[str, float] = Field(description="Reward weights by component name.")
     target_token: str | None = Field(None, description="For the token_fraction reward.")

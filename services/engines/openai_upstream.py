@@ -18,6 +18,7 @@ from magsrl.common.errors import APIError, ServiceUnavailable
 from magsrl.common.images import to_b64
 from magsrl.engines.sampled_text import sampled_text
 from magsrl.policy.config import PolicySettings
+from magsrl.policy.limits import upstream_disagreement
 from magsrl.zoom.engine import (
     Completion,
     Engine,
@@ -68,7 +69,8 @@ class OpenAIEngine(Engine):
         if self.upstream_model not in names:
             return f"upstream does not serve '{self.upstream_model}' (it has {names})"
         self._adapters = [n for n in names if n != self.upstream_model]
-        return None
+        # Limits shared with the engine: refuse to serve when they disagree.
+        return upstream_disagreement(resp.json(), self.upstream_model, self.settings)
 
     def model_names(self) -> list[str]:
         return [self.base_model, *self._adapters]

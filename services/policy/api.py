@@ -11,7 +11,13 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from magsrl.common.errors import BadRequest, UnprocessableEntity, validation_message
+from magsrl.common.errors import (
+    BadRequest,
+    ServiceUnavailable,
+    UnprocessableEntity,
+    validation_message,
+)
+from magsrl.policy.limits import engine_limits
 from magsrl.policy.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -21,6 +27,7 @@ from magsrl.policy.protocol import (
 )
 from magsrl.policy.serving_answer import AnswerService
 from magsrl.policy.serving_chat import ChatService
+from magsrl.proto.limits import EngineLimits
 from magsrl.proto.policy import AnswerRequest, AnswerResponse
 from magsrl.zoom.engine import Engine
 
@@ -128,6 +135,15 @@ async def models(engine: EngineDep) -> ModelList:
     cards = [ModelCard(id=names[0], root=names[0])]
     cards += [ModelCard(id=name, root=names[0], parent=names[0]) for name in names[1:]]
     return ModelList(data=cards)
+
+
+@router.get("/v1/limits", response_model=EngineLimits, tags=["limits"])
+async def limits(answer: AnswerDep) -> EngineLimits:
+    """The limits shared with the engine, the trainer and the workers (docs/deploy.md)."""
+    reason = await answer.engine.ready()
+    if reason:  # the hf engine knows its processor's bounds once the model is loaded
+        raise ServiceUnavailable(reason)
+    return engine_limits(answer.engine, answer.settings)
 
 
 @router.post("/v1/adapters", tags=["adapters"], summary="Load a LoRA adapter while serving")

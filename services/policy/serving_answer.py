@@ -70,6 +70,7 @@ class AnswerService:
             crop_format=s.crop_format,
             crop_quality=s.crop_quality,
             max_zooms_per_round=s.max_zooms_per_round,
+            max_images=s.max_images,
             model=req.model,
             return_crops=req.return_crops,
             sampling=SamplingParams(

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import os
 import socket
 import time
 
 import redis.asyncio as aioredis
-from PIL import Image
 
 from magsrl.clients.magnifier import MagnifierClient, MagnifierError, MagnifierUnavailable
 from magsrl.common.errors import ServiceUnavailable
+from magsrl.common.images import decode_reduced
 from magsrl.engines.openai_upstream import OpenAIEngine
 from magsrl.policy.config import PolicySettings
 from magsrl.proto.rollout import RolloutJob, RolloutResult
@@ -39,6 +38,8 @@ from magsrl.zoom.engine import SamplingParams, UnknownModel
 from magsrl.zoom.loop import LoopOptions, ZoomLoop
 
 log = logging.getLogger("magsrl.worker")
+# The largest original a worker decodes (the policy's MAGSRL_MAX_IMAGE_PIXELS default).
+MAX_DECODE_PIXELS = 64_000_000
 
 
 class DependencyDown(Exception):
@@ -72,8 +73,10 @@ async def run_job(
     data = await magnifier.get_image(job.image_id)
     if data is None:
         raise MagnifierError(404, f"image {job.image_id} is no longer in the magnifier")
-    image = Image.open(io.BytesIO(data)).convert("RGB")
     policy.set_frame(job.frame_min_pixels, job.frame_max_pixels)
+    # Decoded straight to the model's view, as /answer does: a 12 MP photo travels to the
+    # policy and back to the learner at the engine's pixel budget, not at full size.
+    image, original = decode_reduced(data, max_pixels=MAX_DECODE_PIXELS, target=policy.frame_size)
     await policy.know(job.policy_model)
     opts = LoopOptions(
         zoom=job.zoom,
@@ -82,6 +85,7 @@ async def run_job(
         protocol=job.protocol,
         model=job.policy_model,
         question_suffix=job.question_suffix,
+        max_images=job.max_images,
         sampling=SamplingParams(
             max_tokens=job.max_tokens,
             temperature=job.temperature,
@@ -92,7 +96,7 @@ async def run_job(
     )
     loop = ZoomLoop(policy, magnifier)
     outcome = await loop.run(
-        image, data, job.image_id, job.sample.question, job.sample.options, opts
+        image, data, job.image_id, job.sample.question, job.sample.options, opts, original
     )
     completions = [r.completions[0] for r in outcome.results]
     reward = compute_reward(
