@@ -56,3 +56,7 @@ class WorkerSettings(ServiceSettings):
     worker_poll_s: float = Field(0.5, gt=0, description="How often active runs are looked up.")
     policy_timeout_s: float = Field(600.0, gt=0)
     magnifier_timeout_s: float = Field(120.0, gt=0)
+    # Jobs carry the limits the trainer took from the policy; set here, a job that disagrees
+    # is refused (the worker was started for another engine).
+    max_image_pixels_model: int | None = Field(None, ge=1, description="As the policy's.")
+    max_images: int | None = Field(None, ge=1, le=64, description="As the policy's.")

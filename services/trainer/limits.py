@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import httpx
 
 from magsrl.proto.limits import EngineLimits
-from magsrl.trainer.config import TrainerSettings
+from magsrl.proto.rollout import RolloutJob
+from magsrl.trainer.config import TrainerSettings, WorkerSettings
 
 log = logging.getLogger("magsrl.trainer.limits")
 
@@ -77,3 +78,19 @@ def agree(settings: TrainerSettings, reported: EngineLimits | None) -> RunLimits
         reported.max_images,
         "policy",
     )
+
+
+def job_disagreement(settings: WorkerSettings, job: RolloutJob) -> str | None:
+    """Why a worker must refuse ``job``: a limit it was started with that the job's (the
+    policy's, through the trainer) contradicts. None when they agree or one side is unset."""
+    pairs = [
+        ("MAGSRL_MAX_IMAGE_PIXELS_MODEL", settings.max_image_pixels_model, job.frame_max_pixels),
+        ("MAGSRL_MAX_IMAGES", settings.max_images, job.max_images),
+    ]
+    for name, mine, theirs in pairs:
+        if mine is not None and theirs is not None and mine != theirs:
+            return (
+                f"this worker has {name}={mine} but the job was made for {theirs} (the "
+                "policy's engine): set it once in .env for every service (docs/deploy.md)"
+            )
+    return None

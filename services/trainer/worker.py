@@ -25,6 +25,7 @@ from magsrl.engines.openai_upstream import OpenAIEngine
 from magsrl.policy.config import PolicySettings
 from magsrl.proto.rollout import RolloutJob, RolloutResult
 from magsrl.trainer.config import WorkerSettings
+from magsrl.trainer.limits import job_disagreement
 from magsrl.trainer.queue import Delivery, QueueError, RolloutConsumer
 from magsrl.trainer.registry import active_runs
 from magsrl.trainer.rewards import compute_reward
@@ -203,7 +204,10 @@ class RolloutWorker:
             log.error("dropping a malformed job %s: %s", delivery.job_id, exc)
             await consumer.ack(delivery)
             return
+        problem = job_disagreement(self.settings, job)
         try:
+            if problem is not None:
+                raise ValueError(problem)
             result = await run_job(job, self.policy, self.magnifier, self.name)
         except (
             DependencyDown,
