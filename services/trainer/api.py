@@ -29,7 +29,7 @@ RunsDep = Annotated[RunManager, Depends(get_runs)]
     summary="Start a training run (queued behind the one training, if any)",
 )
 async def create_run(config: RunConfig, runs: RunsDep) -> JSONResponse:
-    run = runs.submit(config)
+    run = await runs.submit(config)
     body = RunCreated(run_id=run.info.run_id, status=run.info.status, position=runs.position(run))
     return JSONResponse(body.model_dump(), status_code=202)
 

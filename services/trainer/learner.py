@@ -222,6 +222,7 @@ class Learner:
         diff_sum = diff_max = loss_sum = grad_sum = 0.0
         params = self.trainable_parameters()
         max_norm = grpo.max_grad_norm if grpo.max_grad_norm > 0 else float("inf")
+        nonfinite = False
         self.model.train()
         for it in range(grpo.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
@@ -237,10 +238,15 @@ class Learner:
                         sums[name] = sums.get(name, 0.0) + m[name] * m["tokens"]
                 if it == 0:
                     diff_sum, diff_max = _accumulate_diff(logps, batch, diff_sum, diff_max)
-            grad_sum += float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            grad = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            grad_sum += grad
+            if not (np.isfinite(loss_sum) and np.isfinite(grad)):
+                nonfinite = True  # an update with NaN/inf would poison the weights: skip it
+                break
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.step_count += 1
+        if not nonfinite:
+            self.step_count += 1
 
         passes = grpo.num_iterations
         tokens = sum(b.completion_tokens for b in batches)
@@ -256,6 +262,8 @@ class Learner:
             step=float(self.step_count),
             step_time_s=time.perf_counter() - started,
         )
+        if nonfinite:
+            metrics["nonfinite"] = 1.0  # no update was made (run_loop publishes nothing)
         return metrics
 
     # ---- saving -------------------------------------------------------------------------

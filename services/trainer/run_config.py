@@ -32,7 +32,7 @@ _UNIT = {"exclusiveMinimum": 0, "maximum": 1}
 class _Strict(BaseModel):
     # A typo ("learning_rte") must fail loudly, not silently run with the default; errors
     # name the field without echoing the whole submitted config.
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, allow_inf_nan=False)
 
 
 class GRPOSettings(_Strict):

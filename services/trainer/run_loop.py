@@ -12,6 +12,7 @@ fails or comes back from the wrong version, so advantages are normalised per act
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import statistics
@@ -23,6 +24,7 @@ from typing import Any
 
 import httpx
 import torch
+from redis.exceptions import RedisError
 
 from magsrl.clients.magnifier import MagnifierClient
 from magsrl.common.remote import remote_error
@@ -31,6 +33,7 @@ from magsrl.trainer.config import TrainerSettings
 from magsrl.trainer.grpo import group_advantages
 from magsrl.trainer.metrics_log import MetricsLog
 from magsrl.trainer.queue import QueueConfig, RolloutQueue
+from magsrl.trainer.recovery import DependencyDown
 from magsrl.trainer.registry import publish_run, retire_run
 from magsrl.trainer.run_config import RunConfig
 from magsrl.trainer.schedule import Schedule, load_run_samples
@@ -118,6 +121,7 @@ class RunLoop:
         )
         self.learner: Any = None
         self.stale_total = 0
+        self.nonfinite_run = 0  # consecutive steps whose loss was NaN/inf
 
     # ---- policy adapters ------------------------------------------------------------------
     async def _policy(self, method: str, path: str, body: dict[str, Any] | None = None) -> None:
@@ -127,9 +131,11 @@ class RunLoop:
                 method, url, json=body, headers=self.headers, timeout=self.settings.policy_timeout_s
             )
         except httpx.HTTPError as exc:
-            raise RunFailed(
+            raise DependencyDown(
                 f"the policy at {self.settings.policy_url} is unreachable: {exc}"
             ) from exc
+        if resp.status_code == 503:
+            raise DependencyDown(f"the policy is not ready: {remote_error(resp)[0]}")
         if resp.status_code >= 400:
             message, _ = remote_error(resp)
             if method == "DELETE" and resp.status_code == 404:
@@ -316,11 +322,14 @@ class RunLoop:
                     if schedule.needs_rescore(step):
                         await self._rescore(schedule, step, version)
                     metrics = await self._step(queue, schedule, step, version)
-                    version += 1
-                    await asyncio.to_thread(
-                        self.learner.save_adapter, self.run_dir / "adapters" / f"v{version}"
-                    )
-                    await self._publish_version(version)
+                    if self._nonfinite(step, metrics):
+                        pass  # no update was made: the policy keeps serving this version
+                    else:
+                        version += 1
+                        await asyncio.to_thread(
+                            self.learner.save_adapter, self.run_dir / "adapters" / f"v{version}"
+                        )
+                        await self._publish_version(version)
                     self.metrics.append(step, metrics)
                     self.hooks.on_step(step + 1, metrics)
                     if (step + 1) % self.settings.checkpoint_every == 0 or (
@@ -328,11 +337,32 @@ class RunLoop:
                     ):
                         await self._checkpoint(schedule, step + 1, version)
             finally:
-                await retire_run(queue._client, self.run_id)
+                with contextlib.suppress(RedisError):  # Redis away: the run pauses (runs.py)
+                    await retire_run(queue._client, self.run_id)
                 self.metrics.close()
                 await self.magnifier.close()
             await queue.purge()
         return self._finish(version)
+
+    def _nonfinite(self, step: int, metrics: dict[str, float]) -> bool:
+        """True when the step's loss was NaN/inf (the learner skipped the update); fails
+        the run after ``max_nonfinite_steps`` such steps in a row."""
+        if not metrics.get("nonfinite"):
+            self.nonfinite_run = 0
+            return False
+        self.nonfinite_run += 1
+        limit = self.settings.max_nonfinite_steps
+        if self.nonfinite_run >= limit:
+            raise RunFailed(
+                f"the loss was not finite for {limit} steps in a row (MAGSRL_MAX_NONFINITE_STEPS)"
+                ": lower grpo.learning_rate or lora.alpha, or check the rewards"
+            )
+        self.hooks.on_warning(
+            step,
+            f"step {step}: the loss or gradient norm was not finite; the update was skipped "
+            "and no adapter published",
+        )
+        return True
 
     async def _checkpoint(self, schedule: Schedule, step: int, version: int) -> None:
         folder = self.run_dir / "checkpoints"

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import httpx
 
-from magsrl.common.errors import BadRequest, Conflict, NotFound
+from magsrl.common.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from magsrl.proto.trainer import TERMINAL, Checkpoint, RunEvent, RunInfo, RunStatus
 from magsrl.trainer.config import TrainerSettings
+from magsrl.trainer.paths import check_size, confine, run_folder
+from magsrl.trainer.recovery import DEPENDENCY_POLL_MAX_S, dependencies_up, dependency_errors
 from magsrl.trainer.run_config import RunConfig
-from magsrl.trainer.run_loop import Hooks, RunFailed, RunLoop
+from magsrl.trainer.run_loop import Hooks, RunFailed, RunLoop, adapter_name
 from magsrl.trainer.schedule import Schedule, load_run_samples
 
 log = logging.getLogger("magsrl.trainer")
@@ -89,16 +91,19 @@ class RunManager:
                 await self._task
 
     # ---- API ------------------------------------------------------------------------------
-    def submit(self, config: RunConfig) -> Run:
+    async def submit(self, config: RunConfig) -> Run:
         waiting = sum(1 for r in self.runs.values() if r.info.status == "queued")
         if self.active is not None and waiting >= self.settings.max_queued_runs:
             raise Conflict(
                 f"run {self.active} is training and {waiting} runs are queued (the limit, "
                 "MAGSRL_MAX_QUEUED_RUNS); cancel one (POST /v1/runs/{id}/cancel) or wait"
             )
-        self._check_dataset(config)
         run_id = f"{config.name}-{secrets.token_hex(RUN_ID_HEX)}"
-        out = Path(config.output_dir) if config.output_dir else self.settings.runs_dir / run_id
+        out = run_folder(config.output_dir, self.settings.runs_dir, run_id)
+        # Reading a dataset takes seconds for 100k rows: off the event loop, so /health and
+        # every other request keep being answered meanwhile.
+        config = await asyncio.to_thread(self._check_dataset, config)
+        out = run_folder(config.output_dir, self.settings.runs_dir, run_id)  # taken meanwhile?
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config.to_yaml())
         info = RunInfo(
@@ -117,18 +122,36 @@ class RunManager:
         self.pending.put_nowait(run_id)
         return run
 
-    def _check_dataset(self, config: RunConfig) -> None:
-        """Refuse now, with the reason, what would only fail once the run started."""
-        if not Path(config.dataset).exists():
-            raise BadRequest(
-                f"dataset {config.dataset} does not exist on the trainer's machine; paths "
-                "are read by the trainer (`magsrl train` resolves them against the config file)",
+    def _check_dataset(self, config: RunConfig) -> RunConfig:
+        """Refuse now, with the reason, what would only fail once the run started; the
+        config comes back with the dataset's resolved path (the one that was checked)."""
+        roots = self.settings.read_roots()
+        path = confine(config.dataset, roots, "dataset")
+        check_size(path, self.settings.max_dataset_bytes, "dataset")
+        config = config.model_copy(update={"dataset": str(path)})
+        limit = self.settings.max_dataset_rows
+        # One row past the limit tells "too many" without reading the rest of the file.
+        read = min(config.max_samples or limit + 1, limit + 1)
+        probe = config.model_copy(update={"max_samples": read})
+        try:
+            samples = load_run_samples(probe)
+        except (ValueError, OSError) as exc:
+            raise BadRequest(_dataset_problem(exc, path), param="dataset") from exc
+        if len(samples) > limit:
+            raise PayloadTooLarge(
+                f"dataset has more than {limit} samples, the trainer's limit "
+                "(MAGSRL_MAX_DATASET_ROWS); set max_samples or use a smaller file",
                 param="dataset",
             )
+        samples = samples[:limit]
+        for i, sample in enumerate(samples):
+            if "://" not in sample.image:
+                confine(sample.image, roots, f"dataset row {i + 1} image")
         try:
-            Schedule(config, load_run_samples(config))
+            Schedule(config, samples)
         except (ValueError, OSError) as exc:
-            raise BadRequest(str(exc), param="dataset") from exc
+            raise BadRequest(_dataset_problem(exc, path), param="dataset") from exc
+        return config
 
     def get(self, run_id: str) -> Run:
         run = self.runs.get(run_id)
@@ -239,9 +262,8 @@ class RunManager:
                 continue  # cancelled while waiting
             self.active = run_id
             self._set_status(run, "running")
-            loop = RunLoop(run_id, run.config, run.dir, self.settings, self._hooks(run), self.http)
             try:
-                final = await loop.run()
+                final = await self._train(run)
             except asyncio.CancelledError:
                 if not run.cancelled.is_set():
                     raise  # the trainer is shutting down: the run stays "running" and resumes
@@ -257,7 +279,77 @@ class RunManager:
                 self._set_status(run, "completed")
             finally:
                 self.active = None
+            # Cancelled, failed or completed: its adapters leave the policy, whose adapter
+            # limit then counts only live runs' (the final one stays on disk, loadable).
+            await self._unload(run)
             await asyncio.sleep(0)
+
+    async def _train(self, run: Run) -> dict[str, object]:
+        """The run to its end; while Redis, the policy or the magnifier is away it pauses
+        (a warning event) and resumes from its last checkpoint once they answer again."""
+        paused_since: float | None = None
+        while True:
+            loop = RunLoop(
+                run.info.run_id, run.config, run.dir, self.settings, self._hooks(run), self.http
+            )
+            try:
+                return await loop.run()
+            except dependency_errors() as exc:
+                if run.cancelled.is_set():
+                    raise asyncio.CancelledError from exc
+                now = time.monotonic()
+                paused_since = paused_since or now
+                waited = now - paused_since
+                if waited > self.settings.dependency_wait_s:
+                    raise RunFailed(
+                        f"paused {waited:.0f}s waiting for a dependency, over "
+                        f"MAGSRL_DEPENDENCY_WAIT_S={self.settings.dependency_wait_s:g}: {exc}"
+                    ) from exc
+                self._hooks(run).on_warning(
+                    run.info.step,
+                    f"paused at step {run.info.step}: {exc}; the run resumes from its last "
+                    "checkpoint when the dependency answers again",
+                )
+                await self._wait_for_dependencies(run)
+                self._emit(run, self._event(run, "status", status="running", message="resumed"))
+
+    async def _wait_for_dependencies(self, run: Run) -> None:
+        """Until Redis, the policy and the magnifier all answer (or the run is cancelled)."""
+        delay = 0.5
+        while not run.cancelled.is_set():
+            if await dependencies_up(self.settings, self.http):
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, DEPENDENCY_POLL_MAX_S)
+        raise asyncio.CancelledError
+
+    async def _unload(self, run: Run) -> None:
+        names = {run.info.policy_model}
+        if run.info.version > 1:
+            names.add(adapter_name(run.info.run_id, run.info.version - 1))
+        api_key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        for name in sorted(n for n in names if n):
+            try:
+                resp = await self.http.delete(
+                    f"{self.settings.policy_url}/v1/adapters/{name}",
+                    headers=headers,
+                    timeout=self.settings.policy_timeout_s,
+                )
+            except httpx.HTTPError as exc:
+                log.warning("run %s: could not unload %s: %s", run.info.run_id, name, exc)
+                continue
+            if resp.status_code >= 400 and resp.status_code != 404:
+                log.warning("run %s: unloading %s: %d", run.info.run_id, name, resp.status_code)
+
+
+def _dataset_problem(exc: Exception, path: Path) -> str:
+    """A loader's message, cut to its first line: the loaders name the file and row, and
+    a row's content stays out of it (detect_kind quotes a first row's keys)."""
+    message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    if "first row has keys" in message:
+        return f"cannot tell which dataset {path} is; pass dataset_kind"
+    return message
 
 
 def events_as_sse(event: RunEvent) -> str:
