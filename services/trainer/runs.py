@@ -28,6 +28,7 @@ from magsrl.trainer.schedule import Schedule, load_run_samples
 
 log = logging.getLogger("magsrl.trainer")
 RUN_ID_HEX = 3  # bytes of randomness after the run's name: <name>-<6 hex>
+ADAPTER_CHECK_S = 2.0  # how often a training run's adapter is looked for in the policy
 
 
 @dataclass
@@ -287,38 +288,65 @@ class RunManager:
     async def _train(self, run: Run) -> dict[str, object]:
         """The run to its end; while Redis, the policy or the magnifier is away it pauses
         (a warning event) and resumes from its last checkpoint once they answer again."""
-        paused_since: float | None = None
         while True:
             loop = RunLoop(
                 run.info.run_id, run.config, run.dir, self.settings, self._hooks(run), self.http
             )
+            keeper = asyncio.create_task(self._keep_adapter_loaded(run))
             try:
                 return await loop.run()
             except dependency_errors() as exc:
                 if run.cancelled.is_set():
                     raise asyncio.CancelledError from exc
-                now = time.monotonic()
-                paused_since = paused_since or now
-                waited = now - paused_since
-                if waited > self.settings.dependency_wait_s:
-                    raise RunFailed(
-                        f"paused {waited:.0f}s waiting for a dependency, over "
-                        f"MAGSRL_DEPENDENCY_WAIT_S={self.settings.dependency_wait_s:g}: {exc}"
-                    ) from exc
                 self._hooks(run).on_warning(
                     run.info.step,
                     f"paused at step {run.info.step}: {exc}; the run resumes from its last "
                     "checkpoint when the dependency answers again",
                 )
-                await self._wait_for_dependencies(run)
+                await self._wait_for_dependencies(run, exc)
                 self._emit(run, self._event(run, "status", status="running", message="resumed"))
+            finally:
+                keeper.cancel()
 
-    async def _wait_for_dependencies(self, run: Run) -> None:
-        """Until Redis, the policy and the magnifier all answer (or the run is cancelled)."""
+    async def _keep_adapter_loaded(self, run: Run) -> None:
+        """A restarted policy has lost its adapters, and workers cannot roll out the run's
+        version until it is loaded again: look now and then, and load it back."""
+        api_key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        policy = self.settings.policy_url
+        while True:
+            await asyncio.sleep(ADAPTER_CHECK_S)
+            name = run.info.policy_model
+            if name is None:
+                continue
+            try:
+                resp = await self.http.get(f"{policy}/v1/models", headers=headers, timeout=5)
+                if resp.status_code != 200 or name in {m["id"] for m in resp.json()["data"]}:
+                    continue
+                path = (run.dir / "adapters" / f"v{run.info.version}").resolve()
+                log.warning("run %s: the policy lost %s; loading it again", run.info.run_id, name)
+                await self.http.post(
+                    f"{policy}/v1/adapters",
+                    json={"name": name, "path": str(path)},
+                    headers=headers,
+                    timeout=self.settings.policy_timeout_s,
+                )
+            except (httpx.HTTPError, ValueError, KeyError) as exc:
+                log.info("run %s: adapter check: %s", run.info.run_id, exc)
+
+    async def _wait_for_dependencies(self, run: Run, cause: BaseException) -> None:
+        """Until Redis, the policy and the magnifier all answer (or the run is cancelled,
+        or they stay away past MAGSRL_DEPENDENCY_WAIT_S: then the run fails)."""
         delay = 0.5
+        deadline = time.monotonic() + self.settings.dependency_wait_s
         while not run.cancelled.is_set():
             if await dependencies_up(self.settings, self.http):
                 return
+            if time.monotonic() > deadline:
+                raise RunFailed(
+                    f"paused for {self.settings.dependency_wait_s:g}s "
+                    f"(MAGSRL_DEPENDENCY_WAIT_S) and a dependency is still away: {cause}"
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, DEPENDENCY_POLL_MAX_S)
         raise asyncio.CancelledError

@@ -16,9 +16,11 @@ import logging
 import os
 import socket
 import time
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from PIL import Image
+from redis.exceptions import RedisError
 
 from magsrl.clients.magnifier import MagnifierClient, MagnifierError, MagnifierUnavailable
 from magsrl.common.errors import ServiceUnavailable
@@ -64,9 +66,7 @@ async def run_job(
     """One rollout, start to finish. Failures become a result with ``error`` set (and no
     tokens), so the learner sees the job finished rather than waiting for it forever."""
     started = time.perf_counter()
-    data = await magnifier.get_image(job.image_id)
-    if data is None:
-        raise MagnifierError(404, f"image {job.image_id} is no longer in the magnifier")
+    data = await magnifier.get_image(job.image_id) or await reupload(job, magnifier)
     image = Image.open(io.BytesIO(data)).convert("RGB")
     policy.set_frame(job.frame_min_pixels, job.frame_max_pixels)
     await policy.know(job.policy_model)
@@ -117,6 +117,23 @@ async def run_job(
         completion_tokens=sum(len(c.token_ids) for c in completions),
         elapsed_ms=(time.perf_counter() - started) * 1000,
     )
+
+
+async def reupload(job: RolloutJob, magnifier: MagnifierClient) -> bytes:
+    """The job's image, uploaded again from the sample's file: a restarted magnifier has
+    lost its cache. A worker that cannot read the file leaves the job for a retry."""
+    path = Path(job.sample.image)
+    try:
+        data = await asyncio.to_thread(path.read_bytes)
+    except OSError as exc:
+        raise DependencyDown(
+            f"image {job.image_id} is no longer in the magnifier and {path} is not readable "
+            "here; the job is retried"
+        ) from exc
+    info = await magnifier.upload(data)
+    if info.image_id != job.image_id:
+        raise MagnifierError(409, f"{path} changed since the trainer uploaded it")
+    return data
 
 
 def identity(job: RolloutJob, worker: str) -> dict[str, object]:
@@ -210,7 +227,11 @@ class RolloutWorker:
         except Exception as exc:  # the rollout itself failed: report it, do not retry forever
             log.exception("job %s failed", job.job_id)
             result = failed_result(job, self.name, f"{exc.__class__.__name__}: {exc}", started)
-        first = await consumer.complete(delivery, result)
+        try:
+            first = await consumer.complete(delivery, result)
+        except QueueError as exc:  # Redis away: the job stays pending and is redone
+            log.warning("job %s: result not stored, will be redone: %s", job.job_id, exc)
+            return
         self.done += 1
         log.info(
             "job %s done in %.0f ms (reward %.3f)%s",
@@ -223,7 +244,13 @@ class RolloutWorker:
     async def _take_loop(self) -> None:
         tasks: set[asyncio.Task[None]] = set()
         while not self.stopping.is_set():
-            consumers = await self._consumers()
+            try:
+                consumers = await self._consumers()
+            except (RedisError, QueueError) as exc:
+                # Redis away (restarting): keep the worker, look again shortly.
+                log.warning("redis at %s: %s; retrying", self.settings.redis_url, exc)
+                await asyncio.sleep(self.settings.worker_poll_s * 4)
+                continue
             took = False
             for consumer in consumers:
                 free = self.settings.worker_concurrency - len(tasks)
@@ -233,6 +260,8 @@ class RolloutWorker:
                     deliveries = await consumer.take(count=free, block_ms=0)
                 except QueueError as exc:
                     log.warning("run %s: %s", consumer.config.run_id, exc)
+                    # Made again next pass, group included (a Redis that restarted empty).
+                    self.consumers.pop(consumer.config.run_id, None)
                     continue
                 for delivery in deliveries:
                     took = True
