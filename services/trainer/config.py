@@ -87,3 +87,9 @@ class WorkerSettings(ServiceSettings):
     worker_poll_s: float = Field(0.5, gt=0, description="How often active runs are looked up.")
     policy_timeout_s: float = Field(600.0, gt=0)
     magnifier_timeout_s: float = Field(120.0, gt=0)
+    dependency_wait_s: float = Field(
+        600.0,
+        gt=0,
+        description="Longest a worker keeps retrying a job while the policy, the magnifier "
+        "or Redis is away, before leaving it to be delivered again.",
+    )

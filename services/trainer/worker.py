@@ -36,6 +36,7 @@ from magsrl.zoom.engine import SamplingParams, UnknownModel
 from magsrl.zoom.loop import LoopOptions, ZoomLoop
 
 log = logging.getLogger("magsrl.worker")
+DEPENDENCY_RETRY_S = 0.5  # first wait before a job whose dependency was down is retried
 
 
 class DependencyDown(Exception):
@@ -58,6 +59,17 @@ class RemotePolicy(OpenAIEngine):
         problem = await self.ready()
         if problem:
             raise DependencyDown(f"policy: {problem}")
+
+
+# A dependency is down: the job is retried, not reported as a failed rollout.
+DEPENDENCY_ERRORS = (
+    DependencyDown,
+    MagnifierUnavailable,
+    ServiceUnavailable,
+    UnknownModel,
+    QueueError,
+    OSError,
+)
 
 
 async def run_job(
@@ -210,23 +222,9 @@ class RolloutWorker:
             log.error("dropping a malformed job %s: %s", delivery.job_id, exc)
             await consumer.ack(delivery)
             return
-        try:
-            result = await run_job(job, self.policy, self.magnifier, self.name)
-        except (
-            DependencyDown,
-            MagnifierUnavailable,
-            ServiceUnavailable,
-            UnknownModel,
-            QueueError,
-            OSError,
-        ) as exc:
-            # A dependency is down: leave the job un-acked, so the janitor hands it out
-            # again (to this or another worker) once things are back.
-            log.warning("job %s not done, will be retried: %s", job.job_id, exc)
+        result = await self._run_holding(consumer, delivery, job, started)
+        if result is None:
             return
-        except Exception as exc:  # the rollout itself failed: report it, do not retry forever
-            log.exception("job %s failed", job.job_id)
-            result = failed_result(job, self.name, f"{exc.__class__.__name__}: {exc}", started)
         try:
             first = await consumer.complete(delivery, result)
         except QueueError as exc:  # Redis away: the job stays pending and is redone
@@ -240,6 +238,32 @@ class RolloutWorker:
             result.reward,
             "" if first else " (duplicate; first result kept)",
         )
+
+    async def _run_holding(
+        self, consumer: RolloutConsumer, delivery: Delivery, job: RolloutJob, started: float
+    ) -> RolloutResult | None:
+        """The job's result; while a dependency is down, the job is retried here with
+        backoff and kept fresh in the queue (``touch``), so an outage does not use up its
+        deliveries and dead-letter it. None: left un-acked for a later delivery."""
+        delay = DEPENDENCY_RETRY_S
+        deadline = time.monotonic() + self.settings.dependency_wait_s
+        while True:
+            try:
+                return await run_job(job, self.policy, self.magnifier, self.name)
+            except DEPENDENCY_ERRORS as exc:
+                log.warning("job %s waits for a dependency: %s", job.job_id, exc)
+                if self.stopping.is_set() or time.monotonic() > deadline:
+                    return None
+            except Exception as exc:  # the rollout itself failed: report it, no retry
+                log.exception("job %s failed", job.job_id)
+                return failed_result(job, self.name, f"{exc.__class__.__name__}: {exc}", started)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, consumer.config.claim_idle_ms / 3000)
+            try:
+                if not await consumer.touch(delivery):
+                    return None  # reclaimed by another worker, or done
+            except QueueError:
+                return None
 
     async def _take_loop(self) -> None:
         tasks: set[asyncio.Task[None]] = set()
