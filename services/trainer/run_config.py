@@ -287,7 +287,7 @@ class RunConfig(_Strict):
     steps: int = Field(100, ge=1, description="Optimizer steps.")
     seed: int = Field(0, ge=0, description="Seeds sampling, data order and initialisation.")
     output_dir: str | None = Field(
-        None, description="Where checkpoints and the saved config go; the trainer picks if unset."
+        None, description="Run folder name under the trainer's runs directory (not a path)."
     )
     zoom_protocol: Literal["tags", "tools"] = Field(
         "tags", description="tags: Mags-RL <think>/<zoom>/<rethink>/<answer>; tools: tool calls."

@@ -146,7 +146,9 @@ class RunLoop:
         """Loads version ``version`` into the policy; ``reload`` first unloads a copy the
         policy may still hold from before a trainer restart (same name, same files)."""
         name = adapter_name(self.run_id, version)
-        if name is not None and reload:
+        if name is not None:
+            # Always: a trainer killed after publishing a step but before checkpointing it
+            # redoes the step, and the policy still holds that version's name.
             await self._policy("DELETE", f"/v1/adapters/{name}")
         if name is not None:
             path = self.run_dir / "adapters" / f"v{version}"
