@@ -222,7 +222,13 @@ class RolloutWorker:
             log.error("dropping a malformed job %s: %s", delivery.job_id, exc)
             await consumer.ack(delivery)
             return
-        result = await self._run_holding(consumer, delivery, job, started)
+        # A live worker's job is never presumed lost, however slow the rollout: only a dead
+        # worker's goes idle for job_timeout_s and is reclaimed (no rollout runs twice).
+        heartbeat = asyncio.create_task(self._heartbeat(consumer, delivery))
+        try:
+            result = await self._run_holding(consumer, delivery, job, started)
+        finally:
+            heartbeat.cancel()
         if result is None:
             return
         try:
@@ -238,6 +244,15 @@ class RolloutWorker:
             result.reward,
             "" if first else " (duplicate; first result kept)",
         )
+
+    async def _heartbeat(self, consumer: RolloutConsumer, delivery: Delivery) -> None:
+        while True:
+            await asyncio.sleep(consumer.config.claim_idle_ms / 3000)
+            try:
+                if not await consumer.touch(delivery):
+                    return  # done, or reclaimed by another worker
+            except QueueError:
+                pass  # Redis away: try again next beat
 
     async def _run_holding(
         self, consumer: RolloutConsumer, delivery: Delivery, job: RolloutJob, started: float
