@@ -81,7 +81,8 @@ class Up:
         for child in self.children():
             with contextlib.suppress(psutil.Error):
                 argv = child.cmdline()
-                if victim == "redis" and argv and argv[0].endswith("redis-server"):
+                # redis-server rewrites its title: "…/redis-server 127.0.0.1:6379".
+                if victim == "redis" and argv and "redis-server" in argv[0]:
                     return child.pid
                 if "serve" in argv and victim in argv:
                     return child.pid

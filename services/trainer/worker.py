@@ -148,6 +148,13 @@ async def reupload(job: RolloutJob, magnifier: MagnifierClient) -> bytes:
     return data
 
 
+def superseded(job: RolloutJob, served: list[str]) -> bool:
+    """True when the policy serves a newer version of the job's run than the job's."""
+    prefix = f"{job.run_id}-v"
+    versions = [n.removeprefix(prefix) for n in served if n.startswith(prefix)]
+    return any(v.isdigit() and int(v) > job.version for v in versions)
+
+
 def identity(job: RolloutJob, worker: str) -> dict[str, object]:
     """The fields a result copies from its job, so the learner can match and date it."""
     fields = ("job_id", "run_id", "step", "sample_index", "group_index", "version", "policy_model")
@@ -266,6 +273,13 @@ class RolloutWorker:
             try:
                 return await run_job(job, self.policy, self.magnifier, self.name)
             except DEPENDENCY_ERRORS as exc:
+                if isinstance(exc, UnknownModel) and superseded(job, self.policy.model_names()):
+                    # A leftover of a finished step (a resumed step enqueued it again): its
+                    # version is gone for good, and the learner would drop its result.
+                    log.info("job %s dropped: version %d superseded", job.job_id, job.version)
+                    with contextlib.suppress(QueueError):
+                        await consumer.ack(delivery)
+                    return None
                 log.warning("job %s waits for a dependency: %s", job.job_id, exc)
                 if self.stopping.is_set() or time.monotonic() > deadline:
                     return None
