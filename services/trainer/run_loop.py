@@ -18,7 +18,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,9 @@ class Hooks:
     on_version: Callable[[int, str | None], None]
     on_checkpoint: Callable[[int, str], None]
     cancelled: asyncio.Event
+    # Held while adapters are swapped in the policy, so no one else (runs.py reloading an
+    # adapter a restarted policy lost) sees the gap between an unload and a load.
+    publishing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def adapter_name(run_id: str, version: int) -> str | None:
@@ -145,6 +148,10 @@ class RunLoop:
     async def _publish_version(self, version: int, *, reload: bool = False) -> None:
         """Loads version ``version`` into the policy; ``reload`` first unloads a copy the
         policy may still hold from before a trainer restart (same name, same files)."""
+        async with self.hooks.publishing:
+            await self._swap_version(version)
+
+    async def _swap_version(self, version: int) -> None:
         name = adapter_name(self.run_id, version)
         if name is not None:
             # Always: a trainer killed after publishing a step but before checkpointing it

@@ -38,6 +38,7 @@ class Run:
     events: list[RunEvent] = field(default_factory=list)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    publishing: asyncio.Lock = field(default_factory=asyncio.Lock)  # see Hooks.publishing
 
     @property
     def dir(self) -> Path:
@@ -252,7 +253,7 @@ class RunManager:
             kept = [c for c in run.info.checkpoints if Path(c.path).exists()]
             run.info.checkpoints = [*kept, Checkpoint(step=step, path=path)]
 
-        return Hooks(on_step, on_warning, on_version, on_checkpoint, run.cancelled)
+        return Hooks(on_step, on_warning, on_version, on_checkpoint, run.cancelled, run.publishing)
 
     # ---- the one training slot ------------------------------------------------------------
     async def _worker(self) -> None:
@@ -316,13 +317,16 @@ class RunManager:
         policy = self.settings.policy_url
         while True:
             await asyncio.sleep(ADAPTER_CHECK_S)
-            name = run.info.policy_model
-            if name is None:
-                continue
+            async with run.publishing:
+                await self._reload_if_lost(run, policy, headers)
+
+    async def _reload_if_lost(self, run: Run, policy: str, headers: dict[str, str]) -> None:
+        name = run.info.policy_model
+        if name is not None:
             try:
                 resp = await self.http.get(f"{policy}/v1/models", headers=headers, timeout=5)
                 if resp.status_code != 200 or name in {m["id"] for m in resp.json()["data"]}:
-                    continue
+                    return
                 path = (run.dir / "adapters" / f"v{run.info.version}").resolve()
                 log.warning("run %s: the policy lost %s; loading it again", run.info.run_id, name)
                 await self.http.post(

@@ -252,6 +252,10 @@ class RolloutWorker:
             "" if first else " (duplicate; first result kept)",
         )
 
+    async def _superseded(self, job: RolloutJob) -> bool:
+        await self.policy.ready()  # the model list, fresh: the cached one predates the 404
+        return superseded(job, self.policy.model_names())
+
     async def _heartbeat(self, consumer: RolloutConsumer, delivery: Delivery) -> None:
         while True:
             await asyncio.sleep(consumer.config.claim_idle_ms / 3000)
@@ -273,7 +277,7 @@ class RolloutWorker:
             try:
                 return await run_job(job, self.policy, self.magnifier, self.name)
             except DEPENDENCY_ERRORS as exc:
-                if isinstance(exc, UnknownModel) and superseded(job, self.policy.model_names()):
+                if isinstance(exc, UnknownModel) and await self._superseded(job):
                     # A leftover of a finished step (a resumed step enqueued it again): its
                     # version is gone for good, and the learner would drop its result.
                     log.info("job %s dropped: version %d superseded", job.job_id, job.version)
