@@ -194,6 +194,7 @@ def finished(info: dict) -> bool:
     return info["status"] in {"completed", "failed", "cancelled"}
 
 
+@pytest.mark.timeout(1200)  # a stack, five kills and restarts on 2 shared cores
 def test_the_run_survives_each_service_killed(stack: tuple[Up, str, Path]) -> None:
     """SIGKILL each service while a step is in flight: up restarts it and reports it, the
     run completes with every step once, and every step trained on all its rollouts."""
@@ -231,6 +232,7 @@ def test_the_run_survives_each_service_killed(stack: tuple[Up, str, Path]) -> No
     assert up.left_running() == [], up.out
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGKILL], ids=["hup", "kill"])
 def test_children_die_with_up_and_a_second_up_is_refused(
     tmp_path: Path, sig: signal.Signals
