@@ -328,13 +328,18 @@ class RunManager:
                 if resp.status_code != 200 or name in {m["id"] for m in resp.json()["data"]}:
                     return
                 path = (run.dir / "adapters" / f"v{run.info.version}").resolve()
-                log.warning("run %s: the policy lost %s; loading it again", run.info.run_id, name)
-                await self.http.post(
+                loaded = await self.http.post(
                     f"{policy}/v1/adapters",
                     json={"name": name, "path": str(path)},
                     headers=headers,
                     timeout=self.settings.policy_timeout_s,
                 )
+                if loaded.status_code < 300:
+                    log.warning(
+                        "run %s: the policy had lost %s; loaded it again", run.info.run_id, name
+                    )
+                else:  # a policy still starting: next look
+                    log.info("run %s: reloading %s: %d", run.info.run_id, name, loaded.status_code)
             except (httpx.HTTPError, ValueError, KeyError) as exc:
                 log.info("run %s: adapter check: %s", run.info.run_id, exc)
 
