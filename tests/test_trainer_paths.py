@@ -102,7 +102,7 @@ def test_output_dir_is_a_subfolder_never_a_path(
 def test_output_dir_names_a_folder_under_the_runs_directory(roots: dict[str, Path]) -> None:
     """The accepted form: a named folder under runs_dir; a taken one is a 409. (The
     manager is not started, so nothing trains.)"""
-    from magsrl.common.errors import Conflict
+    from magsrl.common.errors import BadRequest, Conflict
 
     async def main() -> None:
         async with httpx.AsyncClient() as http:
@@ -113,6 +113,9 @@ def test_output_dir_names_a_folder_under_the_runs_directory(roots: dict[str, Pat
             assert (roots["runs"] / "mine" / "config.yaml").is_file()
             with pytest.raises(Conflict):
                 await manager.submit(config)
+            (roots["runs"] / "afile").write_text("not a folder")
+            with pytest.raises(BadRequest, match="not a folder"):
+                await manager.submit(config.model_copy(update={"output_dir": "afile"}))
 
     asyncio.run(main())
 
