@@ -90,10 +90,13 @@ def run(args: argparse.Namespace) -> int:
     runs_env = {"MAGSRL_RUNS_DIR": str((args.state_dir / "runs").resolve())}
 
     stopping = False
+    watching = False
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
+        if not watching:  # still starting: stop now, not once every service is ready
+            raise KeyboardInterrupt
 
     # HUP too: a closed terminal stops the stack cleanly instead of orphaning it.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -115,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         supervisor.start()
         supervisor.wait_ready(args.ready_timeout)
         print_table(console, Table, supervisor, redis.url, ports, args.train)
+        watching = True
         while not stopping:
             for event in supervisor.watch():
                 console.print(f"[yellow]{event}")
