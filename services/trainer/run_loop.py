@@ -145,9 +145,9 @@ class RunLoop:
                 return  # already gone (a restarted policy)
             raise RunFailed(f"the policy refused {method} {path} ({resp.status_code}): {message}")
 
-    async def _publish_version(self, version: int, *, reload: bool = False) -> None:
-        """Loads version ``version`` into the policy; ``reload`` first unloads a copy the
-        policy may still hold from before a trainer restart (same name, same files)."""
+    async def _publish_version(self, version: int) -> None:
+        """Loads version ``version`` into the policy, first unloading a copy the policy may
+        still hold from before a trainer restart (same name, same files)."""
         async with self.hooks.publishing:
             await self._swap_version(version)
 
@@ -324,7 +324,7 @@ class RunLoop:
             await queue.ensure_group()
             await publish_run(queue._client, self.queue_config)
             try:
-                await self._publish_version(version, reload=True)
+                await self._publish_version(version)
                 for step in range(start, self.config.steps):
                     if self.hooks.cancelled.is_set():
                         raise asyncio.CancelledError
