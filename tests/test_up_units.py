@@ -40,8 +40,8 @@ def test_plain_up_runs_rollout_workers() -> None:
 def test_printed_commands_fit_80_columns() -> None:
     """Pins: `magsrl up`'s next commands wrapped in an 80-column terminal and broke when
     copied."""
-    for _label, command in next_commands(54321, 54322, workers=2):
-        assert len("  " + command) <= 80, command
+    for label, command in next_commands(54321, 54322, workers=2):
+        assert len(f"{label}: {command}") <= 80, command
     assert any("magsrl runs list" in c for _, c in next_commands(8000, 8003, workers=2))
 
 
