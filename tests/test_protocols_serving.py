@@ -198,3 +198,22 @@ def test_rollout_runs_a_peer_episode(protocol: str, replies: list[str], boxes: A
     texts = "".join(p.get("text", "") for p in last["content"] if isinstance(p, dict))
     wrapper = "<tool_response>" if protocol == "deepeyes" else "(Observation 2)"
     assert wrapper in texts, json.dumps(last)[:400]
+
+
+# ---- eval -----------------------------------------------------------------------------
+
+
+def test_eval_leaves_the_turn_limit_to_the_protocol_unless_set(tmp_path: Any) -> None:
+    """Pins eval capping every peer at 2 turns: a config that names a protocol and no
+    max_rounds sends none (the policy then runs Mini-o3's 12), and a set one is sent."""
+    from magsrl.eval.runner import ImageInfo, request_for
+    from magsrl.proto.eval import ArmSpec, EvalConfig
+
+    arm = ArmSpec(name="zoom", zoom="auto", upscale="sr")
+    sample = Sample(id="s", image="x.png", question="q", answer="red")
+    image = ImageInfo(data=PNG, size=IMAGE.size, thumb=None)
+    config = EvalConfig(dataset="d", arms=[arm], out=tmp_path, protocol="mini_o3")
+    request = request_for(sample, arm, image, config)
+    assert request.protocol == "mini_o3" and "max_rounds" not in request.model_fields_set
+    config = EvalConfig(dataset="d", arms=[arm], out=tmp_path, protocol="mini_o3", max_rounds=4)
+    assert request_for(sample, arm, image, config).max_rounds == 4

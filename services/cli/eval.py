@@ -61,10 +61,13 @@ def register(sub: Any) -> None:
         "--protocol",
         choices=PROTOCOLS,
         default=None,
-        help="tags or tools (default: the policy's; with --openai: tags)",
+        help="a zoom protocol (GET /v1/protocols: tags, tools, deepeyes, mini_o3, mgpo) or "
+        "auto (default: the policy's; with --openai: tags)",
     )
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--max-rounds", type=int, default=2)
+    sampling.add_argument(
+        "--max-rounds", type=int, default=None, help="default: the protocol's turn limit"
+    )
     sampling.add_argument("--temperature", type=float, default=0.0)
     sampling.add_argument("--max-tokens", type=int, default=None)
     parser.add_argument(
@@ -108,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             api_key=settings.api_key,
             model=args.model,
             **({"protocol": args.protocol} if args.protocol else {}),
-            max_rounds=args.max_rounds,
+            **({"max_rounds": args.max_rounds} if args.max_rounds else {}),
             temperature=args.temperature,
             max_tokens=args.max_tokens,
             synthetic_size=args.synthetic_size,
