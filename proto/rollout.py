@@ -50,6 +50,8 @@ class RolloutJob(EpisodeOptions):
     # The policy's processor bounds, so boxes map from the model's frame as the policy did.
     frame_min_pixels: int | None = None
     frame_max_pixels: int | None = None
+    # The engine's images-per-prompt limit: crops past it are not made (zoom/loop.py).
+    max_images: int | None = Field(None, ge=1)
     eos_token_id: int = Field(description="End of turn: where each assistant turn ends.")
     rewards: dict[str, float] = Field(description="Reward weights by component name.")
     target_token: str | None = Field(None, description="For the token_fraction reward.")
@@ -87,6 +89,13 @@ class RolloutResult(BaseModel):
     zoom_errors: int
     rounds: int
     completion_tokens: int
+    retokenize_mismatch: int = Field(
+        0,
+        ge=0,
+        description="Tokens of earlier rounds that differ between the sampler's context and "
+        "the learner's sequence (magsrl.trainer.trajectory.retokenize_mismatch); 0 when "
+        "every round was sampled after exactly the history the learner trains on.",
+    )
     error: str | None = Field(
         None, description="Set when the rollout failed; it then carries no tokens."
     )

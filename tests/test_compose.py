@@ -347,6 +347,39 @@ def test_engine_limits_agree_with_the_policy(services: dict[str, Any]) -> None:
     assert kwargs["max_pixels"] == int(policy["MAGSRL_MAX_IMAGE_PIXELS_MODEL"])
 
 
+def test_shared_limits_reach_every_service_from_one_variable(
+    services: dict[str, Any], compose_bin: Path, workdir: Path
+) -> None:
+    """Issue 13: the pixel budget went to the policy only, so the trainer fell back to the
+    checkpoint's 12.8 MP while vLLM resized to 1 MP. Each shared limit is one .env variable
+    that reaches the engine's flag and every magsrl service that uses it."""
+    _, flags = engine_args(services["engine"])
+    pixels = json.loads(flags["--mm-processor-kwargs"] or "")["max_pixels"]
+    images = json.loads(flags["--limit-mm-per-prompt"] or "")["image"]
+    for name in ("policy", "trainer", "rollout-worker"):
+        env = services[name]["environment"]
+        assert int(env["MAGSRL_MAX_IMAGE_PIXELS_MODEL"]) == pixels, name
+        assert int(env["MAGSRL_MAX_IMAGES"]) == images, name
+    assert int(services["policy"]["environment"]["MAGSRL_MAX_CONTEXT"]) == int(
+        flags["--max-model-len"] or 0
+    )
+    # One value in .env moves all of them together.
+    env = {
+        **BASE_ENV,
+        "MAGSRL_MAX_IMAGE_PIXELS_MODEL": "802816",
+        "MAGSRL_MAX_IMAGES": "7",
+        "MAGSRL_ENGINE_MAX_MODEL_LEN": "8192",
+    }
+    changed = resolve(compose_bin, workdir, env, "train")["services"]
+    _, flags = engine_args(changed["engine"])
+    assert json.loads(flags["--mm-processor-kwargs"] or "")["max_pixels"] == 802816
+    assert json.loads(flags["--limit-mm-per-prompt"] or "")["image"] == 7
+    for name in ("policy", "trainer", "rollout-worker"):
+        env = changed[name]["environment"]
+        assert (env["MAGSRL_MAX_IMAGE_PIXELS_MODEL"], env["MAGSRL_MAX_IMAGES"]) == ("802816", "7")
+    assert changed["policy"]["environment"]["MAGSRL_MAX_CONTEXT"] == "8192"
+
+
 def test_engine_lora_rank_covers_the_example_run(services: dict[str, Any]) -> None:
     _, flags = engine_args(services["engine"])
     run = yaml.safe_load((REPO / "examples" / "train-tiny.yaml").read_text())

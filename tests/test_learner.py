@@ -318,7 +318,7 @@ def test_a_sampled_image_pad_token_is_scored_as_a_word(tiny_model_dir: Path) -> 
             return scores
 
     recorder = TokenRecorder(
-        1, decode=lambda ids: "", eos_ids=[], stop=(), temperature=1.0, want_logprobs=True, top_k=0
+        1, decode=lambda ids: "", eos_ids=[], stop=(), want_logprobs=True, top_k=0
     )
     torch.manual_seed(0)
     with learner._eval(model), torch.no_grad():

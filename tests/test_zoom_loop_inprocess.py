@@ -74,12 +74,14 @@ def test_malformed_zoom_is_a_tool_error_not_an_exception() -> None:
 
 
 def test_tool_protocol_answers_each_call_by_id() -> None:
-    """Pins Hermes tool calls: one tool message per call, answering its id."""
+    """Pins Hermes tool calls: the assistant turn goes back as sampled (never rebuilt from
+    parsed calls), and one tool message per call answers it by id."""
     call = '<tool_call>{"name": "zoom", "arguments": {"bbox_2d": [0, 0, 500, 500]}}</tool_call>'
     _, engine, _ = episode([call, "<answer>x</answer>"], protocol="tools")
     assert engine.requests[0].tools
     assistant, tool = engine.requests[1].messages[-2:]
-    assert assistant["tool_calls"][0]["id"] == tool["tool_call_id"]
+    assert assistant == {"role": "assistant", "content": call}
+    assert tool["role"] == "tool" and tool["tool_call_id"] == "call_0_0"
 
 
 def test_zoom_off_is_one_round_without_tools() -> None:

@@ -18,6 +18,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from magsrl.common.remote import remote_error
+from magsrl.proto.limits import EngineLimits
 from magsrl.proto.policy import (
     AnswerRequest,
     AnswerResponse,
@@ -158,6 +159,17 @@ class PolicyClient:
         except PolicyRefused as exc:
             if not (missing_ok and exc.status == 404):
                 raise
+
+    async def limits(self) -> EngineLimits | None:
+        """``GET /v1/limits``: the limits the policy shares with its engine (pixel budget,
+        images per prompt, context); None from a policy without the route."""
+        try:
+            resp = await self._request("GET", "/v1/limits")
+        except PolicyRefused as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return self._parse(EngineLimits, resp)
 
     async def weights(self) -> WeightsStatus | None:
         """``GET /v1/weights``: which full weights the base model serves; None when the policy

@@ -7,6 +7,7 @@ Runs on the engine's single model thread; ``hf_batching`` decides what goes into
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -18,9 +19,11 @@ import torch
 
 from magsrl.common.errors import InvalidInput, ResourceExhausted
 from magsrl.engines.hf_batching import Pending
-from magsrl.engines.recorder import TokenRecorder
+from magsrl.engines.recorder import TokenRecorder, warpers
 from magsrl.zoom.engine import Completion, GenerationResult, SamplingParams, split_images
 from magsrl.zoom.families import ModelFamily
+
+log = logging.getLogger("magsrl.policy.hf")
 
 AdapterScope = Callable[[Any, str | None], AbstractContextManager[None]]
 
@@ -61,6 +64,7 @@ def load(
     tokenizer.padding_side = "left"
     model = load_model(path, device=str(device), dtype=dtype)
     model.eval()
+    model.generation_config = neutral_generation_config(model.generation_config)
     config = model.config
     text_config = getattr(config, "text_config", config)
     eos_ids = [
@@ -142,7 +146,6 @@ def _generate(
         decode=lambda ids: lm.tokenizer.decode(ids, skip_special_tokens=True),
         eos_ids=lm.eos_ids,
         stop=sampling.stop,
-        temperature=sampling.temperature,
         want_logprobs=sampling.logprobs,
         top_k=sampling.top_logprobs,
         on_delta=on_delta if any(deltas) else None,
@@ -153,7 +156,7 @@ def _generate(
         lm.model.generate(
             **inputs,
             generation_config=generation_config(sampling, max_new, lm.eos_ids, lm.pad_id),
-            logits_processor=[recorder],
+            logits_processor=[*warpers(sampling), recorder],
             streamer=recorder,
             tokenizer=lm.tokenizer if sampling.stop else None,
         )
@@ -213,11 +216,9 @@ def generation_config(
         "do_sample": sampling.temperature > 0,
     }
     if sampling.temperature > 0:
-        kwargs.update(
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k if sampling.top_k > 0 else 0,
-        )
+        # Temperature, top-k and top-p are applied by warpers() in front of the recorder;
+        # transformers must add none of its own (its top_k defaults to 50).
+        kwargs.update(temperature=1.0, top_p=1.0, top_k=0)
     if sampling.stop:
         kwargs["stop_strings"] = list(sampling.stop)
     return GenerationConfig(**kwargs)
@@ -238,3 +239,23 @@ def completion(tokenizer: Any, row: Any, sampling: SamplingParams) -> Completion
         tokens=tokens,
         top_logprobs=top,
     )
+
+
+def neutral_generation_config(loaded: Any) -> Any:
+    """A generation config with only the checkpoint's special token ids. transformers fills
+    every field a request leaves unset from the model's generation_config.json (real Qwen
+    checkpoints ship repetition_penalty 1.05, top_k, top_p): the sampler would then draw
+    from a distribution the learner never computes. Requests name what they want; nothing
+    else applies (vLLM's `--generation-config vllm`, as compose.yaml runs it)."""
+    from transformers import GenerationConfig
+
+    keep = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+    ids = {k: getattr(loaded, k, None) for k in keep if getattr(loaded, k, None) is not None}
+    dropped = {
+        k: v
+        for k, v in loaded.to_diff_dict().items()
+        if k not in keep and k not in ("transformers_version", "_from_model_config")
+    }
+    if dropped:
+        log.info("not sampling with the checkpoint's generation_config.json: %s", dropped)
+    return GenerationConfig(**ids)

@@ -39,7 +39,8 @@ from magsrl.common.errors import (
 from magsrl.common.images import to_b64
 from magsrl.engines.logprobs_mode import observed_mode
 from magsrl.engines.settings import EngineSettings
-from magsrl.engines.upstream_text import rebuilt_text, sampled_text
+from magsrl.engines.upstream_limits import upstream_disagreement
+from magsrl.engines.upstream_text import rebuilt_text, sampled_text, text_from_logprob_bytes
 from magsrl.models.hub import model_config_file
 from magsrl.zoom.engine import (
     Completion,
@@ -142,6 +143,10 @@ class OpenAIEngine(Engine):
             except ValueError as exc:
                 self._family_problem = str(exc)
                 return self._family_problem
+        # Limits shared with the engine: refuse to serve when they disagree.
+        disagreement = upstream_disagreement(cards, self.upstream_model, self.settings.max_context)
+        if disagreement is not None:
+            return disagreement
         return await self._check_logprobs_mode(card)
 
     async def _check_logprobs_mode(self, card: dict[str, Any]) -> str | None:
@@ -490,6 +495,8 @@ def _completion(choice: dict[str, Any]) -> Completion:
             for tc in message.get("tool_calls") or []
         ],
     )
+    if message.get("tool_calls"):  # the turn as sampled, not rebuilt (upstream_text.py)
+        text = text_from_logprob_bytes(choice) or text
     logprobs = tokens = top = None
     content = (choice.get("logprobs") or {}).get("content")
     if content:

@@ -1,8 +1,10 @@
 """Records what ``generate`` samples, token by token: ids, log-probs, text deltas and why each
 sequence finished. One object plays two transformers roles at once:
 
-- a ``LogitsProcessor`` that sees the raw logits of each step (custom processors run before
-  the temperature/top-k/top-p warpers) and keeps that step's log-softmax, and
+- a ``LogitsProcessor`` that runs last, after the sampling warpers of ``warpers()``
+  (temperature, top-k, top-p: the hf engine passes them itself, in front of the recorder,
+  and lets transformers add none), so the log-softmax it keeps is of the very distribution
+  the next token is drawn from, and
 - a ``BaseStreamer`` whose ``put`` receives the sampled tokens right after, so the sampled
   token's log-prob is gathered at once and only one step of log-probs is ever held
   (``output_logits`` would keep steps x rows x vocab floats: gigabytes for a real vocab).
@@ -17,7 +19,35 @@ import torch
 from transformers import LogitsProcessor
 from transformers.generation.streamers import BaseStreamer
 
-from magsrl.zoom.engine import FinishReason
+from magsrl.zoom.engine import FinishReason, SamplingParams
+
+# What an excluded token's log-prob is reported as: a finite floor, as vLLM reports -inf
+# (vllm/entrypoints/openai/serving_chat.py, _create_chat_logprobs: max(logprob, -9999.0)),
+# so OpenAI JSON stays valid.
+LOGPROB_FLOOR = -9999.0
+
+
+def warpers(sampling: SamplingParams) -> list[LogitsProcessor]:
+    """The processors that turn the model's logits into the sampling distribution, in the
+    order transformers and vLLM apply them: temperature, then top-k, then top-p. Nothing
+    else (no repetition penalty, no min-length): the learner's log_softmax(logits / T) is
+    this distribution whenever top-k and top-p keep every token. Greedy decoding: none."""
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    if sampling.temperature <= 0:
+        return []
+    out: list[LogitsProcessor] = []
+    if sampling.temperature != 1.0:
+        out.append(TemperatureLogitsWarper(sampling.temperature))
+    if sampling.top_k > 0:
+        out.append(TopKLogitsWarper(top_k=sampling.top_k))
+    if sampling.top_p < 1.0:
+        out.append(TopPLogitsWarper(top_p=sampling.top_p))
+    return out
 
 
 @dataclass
@@ -38,7 +68,6 @@ class TokenRecorder(LogitsProcessor, BaseStreamer):
         decode: Callable[[list[int]], str],
         eos_ids: Sequence[int],
         stop: Sequence[str],
-        temperature: float,
         want_logprobs: bool,
         top_k: int,
         on_delta: Callable[[int, str, list[int], FinishReason | None], None] | None = None,
@@ -47,9 +76,6 @@ class TokenRecorder(LogitsProcessor, BaseStreamer):
         self.decode = decode
         self.eos_ids = set(eos_ids)
         self.stop = [s for s in stop if s]
-        # Log-probs of the sampling distribution before truncation: logits / T, as the
-        # learner computes them (greedy decoding reports the plain distribution).
-        self.temperature = temperature if temperature > 0 else 1.0
         self.want_logprobs = want_logprobs
         self.top_k = top_k
         self.on_delta = on_delta
@@ -58,8 +84,9 @@ class TokenRecorder(LogitsProcessor, BaseStreamer):
 
     # LogitsProcessor
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        # ``scores`` are already warped (see warpers()): their softmax is what is sampled.
         if self.want_logprobs:
-            self._step = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+            self._step = torch.log_softmax(scores.float(), dim=-1)
         return scores
 
     # BaseStreamer
@@ -77,6 +104,7 @@ class TokenRecorder(LogitsProcessor, BaseStreamer):
                 row.logprobs.append(float(self._step[i, token]))
                 if self.top_k:
                     values, idx = torch.topk(self._step[i], self.top_k)
+                    values = values.clamp(min=LOGPROB_FLOOR)
                     row.top.append(list(zip(idx.tolist(), values.tolist(), strict=True)))
             self._advance(i, row, token)
         self._step = None

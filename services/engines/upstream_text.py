@@ -14,7 +14,8 @@ does the same. ``finish_reason`` cannot say whether the last token was the stop 
 reports ``tool_calls`` for a call cut by ``max_tokens`` too, so the decoded end-of-turn
 marker is what is stripped. An upstream without
 ``/detokenize`` (another magsrl policy, which the rollout workers use) is read from the
-log-prob tokens when they were asked for and decode cleanly one by one, and otherwise gets
+log-prob tokens when they were asked for (each entry's UTF-8 ``bytes``, OpenAI's field, which
+vLLM and magsrl fill: their concatenation is the sampled text byte for byte), and otherwise gets
 the content and the calls joined back in Qwen's Hermes layout, as close as the parsed form
 allows.
 """
@@ -49,3 +50,25 @@ def sampled_text(decoded: str, stop_reason: Any) -> str:
     if isinstance(stop_reason, str) and stop_reason in decoded:
         return decoded[: decoded.index(stop_reason)]
     return decoded
+
+
+def text_from_logprob_bytes(choice: dict[str, Any]) -> str | None:
+    """The completion's text from its log-prob tokens, or None when they are missing."""
+    content = (choice.get("logprobs") or {}).get("content")
+    if not content:
+        return None
+    data = bytearray()
+    for entry in content:
+        raw = entry.get("bytes")
+        if raw is None:
+            token = entry.get("token")
+            if token is None:
+                return None
+            raw = token.encode()
+        data.extend(raw)
+    text = data.decode("utf-8", errors="replace")
+    for eos in END_OF_TURN:
+        if text.endswith(eos):
+            text = text[: -len(eos)]
+            break
+    return text

@@ -11,8 +11,14 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from magsrl.common.errors import BadRequest, UnprocessableEntity, validation_message
+from magsrl.common.errors import (
+    BadRequest,
+    ServiceUnavailable,
+    UnprocessableEntity,
+    validation_message,
+)
 from magsrl.policy.config import PolicySettings
+from magsrl.policy.limits import engine_limits
 from magsrl.policy.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -23,6 +29,7 @@ from magsrl.policy.protocol import (
 from magsrl.policy.serving_answer import AnswerService
 from magsrl.policy.serving_chat import ChatService
 from magsrl.policy.weights import confined_model_folder, weights_status
+from magsrl.proto.limits import EngineLimits
 from magsrl.proto.policy import (
     AnswerRequest,
     AnswerResponse,
@@ -181,6 +188,15 @@ async def policy_info(engine: EngineDep, service: AnswerDep) -> PolicyInfo:
 async def protocols(engine: EngineDep, service: AnswerDep) -> ProtocolList:
     served = resolve_protocol(service.served.protocol, engine.model_names()[:1])
     return ProtocolList(default=served.name, data=[p.info() for p in PROTOCOL_REGISTRY.values()])
+
+
+@router.get("/v1/limits", response_model=EngineLimits, tags=["limits"])
+async def limits(answer: AnswerDep) -> EngineLimits:
+    """The limits shared with the engine, the trainer and the workers (docs/deploy.md)."""
+    reason = await answer.engine.ready()
+    if reason:  # the hf engine knows its processor's bounds once the model is loaded
+        raise ServiceUnavailable(reason)
+    return engine_limits(answer.engine, answer.settings)
 
 
 @router.post("/v1/adapters", tags=["adapters"], summary="Load a LoRA adapter while serving")

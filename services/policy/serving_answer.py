@@ -58,7 +58,7 @@ class AnswerService:
         return data, ref.id
 
     def options_for(self, req: AnswerRequest) -> LoopOptions:
-        return answer_options(req, self.served)
+        return answer_options(req, self.served, max_images=self.settings.max_images)
 
     async def answer(self, req: AnswerRequest) -> AnswerResponse:
         self.engine.check_model(req.model)
@@ -70,4 +70,5 @@ class AnswerService:
             image_id,
             self.served,
             max_image_pixels=self.settings.max_image_pixels,
+            max_images=self.settings.max_images,
         )

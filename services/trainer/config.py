@@ -38,8 +38,12 @@ class TrainerSettings(ServiceSettings):
     tensorboard: bool = Field(True, description="Write TensorBoard scalars per run.")
     policy_timeout_s: float = Field(120.0, gt=0, description="Adapter load/unload calls.")
     # The same variables as the policy's: the learner must cut images into the same tokens.
+    # Unset, they come from the policy (GET /v1/limits); set, they must equal its values.
     min_image_pixels: int | None = Field(None, ge=1, description="As the policy's.")
     max_image_pixels_model: int | None = Field(None, ge=1, description="As the policy's.")
+    max_images: int | None = Field(
+        None, ge=1, le=64, description="As the policy's: images per prompt, for rollouts."
+    )
 
 
 class WorkerSettings(ServiceSettings):
@@ -55,3 +59,7 @@ class WorkerSettings(ServiceSettings):
     max_image_pixels: int = Field(
         64_000_000, ge=1, description="Largest image decoded (as the policy's)."
     )
+    # Jobs carry the limits the trainer took from the policy; set here, a job that disagrees
+    # is refused (the worker was started for another engine).
+    max_image_pixels_model: int | None = Field(None, ge=1, description="As the policy's.")
+    max_images: int | None = Field(None, ge=1, le=64, description="As the policy's.")

@@ -37,6 +37,7 @@ from magsrl.proto.rollout import RolloutJob, RolloutResult
 from magsrl.proto.sample import Sample
 from magsrl.trainer.config import TrainerSettings
 from magsrl.trainer.grpo import composed_advantages
+from magsrl.trainer.limits import LimitsDisagree, RunLimits, agree, policy_limits
 from magsrl.trainer.metrics_log import MetricsLog
 from magsrl.trainer.queue import QueueConfig, RolloutQueue
 from magsrl.trainer.registry import publish_run, retire_run
@@ -200,6 +201,7 @@ class RunLoop:
             max_lag=config.rollout.max_lag,
         )
         self.learner: Any = None
+        self.limits = RunLimits(None, None, None, "settings")
         self.stale_total = 0
         self._image_ids: dict[str, str] = {}  # sample image path -> magnifier image id
         self._base_checked = False  # the first publish checks what the policy serves
@@ -285,13 +287,19 @@ class RunLoop:
                 f"model {self.config.model!r} is not a local folder; download it first "
                 "(huggingface-cli download) or use tiny"
             )
+        # One source for the limits shared with the engine: the policy's (trainer/limits.py).
+        try:
+            reported = await policy_limits(self.policy)
+            self.limits = agree(self.settings, reported)
+        except LimitsDisagree as exc:
+            raise RunFailed(str(exc)) from exc
         self.learner = await asyncio.to_thread(
             Learner,
             Path(model_dir),
             self.config,
             self.settings.device,
-            min_pixels=self.settings.min_image_pixels,
-            max_pixels=self.settings.max_image_pixels_model,
+            min_pixels=self.limits.min_pixels,
+            max_pixels=self.limits.max_pixels,
         )
         start, version = 0, 0
         checkpoint = latest_checkpoint(self.run_dir)
@@ -372,6 +380,7 @@ class RunLoop:
                         question_suffix=batch.question_suffix,
                         frame_min_pixels=low,
                         frame_max_pixels=high,
+                        max_images=self.limits.max_images,
                         eos_token_id=self.learner.eos_id,
                         rewards=self.config.job_weights(),
                         target_token=self.config.rewards.target_token,

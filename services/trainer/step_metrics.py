@@ -46,6 +46,8 @@ def rollout_metrics(results: Sequence[RolloutResult]) -> dict[str, float]:
             box_area_mean=_mean(areas),
             accuracy_zoomed=_mean([float(r.correct) for r in zoomed]),
             accuracy_direct=_mean([float(r.correct) for r in direct]),
+            # Re-render drift: should stay 0 (trajectory.retokenize_mismatch).
+            retokenize_mismatch=_mean([float(r.retokenize_mismatch) for r in ran]),
         )
         most = max((len(r.round_tokens) for r in ran), default=0)
         for k in range(most):  # round k+1 over the episodes that reached it

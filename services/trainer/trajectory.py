@@ -19,9 +19,12 @@ How this differs from TRL and from re-rendering the final conversation:
   action.
 - The price: the model's *context* in round k+1 was P_{k+1}, where turn k is the template's
   re-rendering of C_k's text. When that re-rendering differs from C_k, the learner scores
-  C_{k+1} in a slightly different context than the sampler did. ``retokenized_rounds``
-  names such rounds; the learner's ``logprob_diff`` metric measures the effect. The cure is
-  on the sampling side (the engine extending the previous round's ids, token in, token out).
+  C_{k+1} in a slightly different context than the sampler did. The zoom loop puts each
+  turn back as the exact text sampled (never rebuilt from parsed tool calls), so the only
+  drift left is BPE's: sampled ids that are not the canonical tokenisation of their text.
+  ``retokenize_mismatch`` counts the tokens of earlier rounds that differ between the
+  sampler's context and the learner's sequence, for every episode (it travels in the
+  rollout result and is logged every step); ``retokenized_rounds`` names such rounds.
 
 The end of turn: the sampler stops on an eos, which is then the last sampled id (mask 1, it
 was sampled and the model must learn to stop). A completion cut by ``max_tokens``
@@ -95,6 +98,26 @@ def _turn_end(previous: list[int], prompt: list[int], eos_id: int, k: int) -> in
         ) from None
 
 
+def _contexts(results: Sequence[GenerationResult], eos_id: int) -> list[list[int]]:
+    """Per round, the mask-0 ids the learner puts before its completion: P_1 for round 1,
+    O_{k-1} (with a template <|im_end|> in front where the sampler drew none) after."""
+    contexts: list[list[int]] = []
+    previous: list[int] = []
+    previous_completion: list[int] = []
+    for k, result in enumerate(results):
+        prompt, ids, _ = _round(result, k)
+        if k == 0:
+            context = prompt
+        else:
+            end = _turn_end(previous, prompt, eos_id, k - 1)
+            # A turn cut by max_tokens (or ended by another eos): the template's <|im_end|>.
+            closed = bool(previous_completion) and previous_completion[-1] == eos_id
+            context = ([] if closed else [eos_id]) + prompt[end + 1 :]
+        contexts.append(context)
+        previous, previous_completion = prompt, ids
+    return contexts
+
+
 def segments_from_rounds(results: Sequence[GenerationResult], eos_id: int) -> list[Segment]:
     """The episode's token sequence as segments: the prompt of round 1 and each observation
     (mask 0), and each round's sampled completion (mask 1, with the sampler's log-probs).
@@ -105,23 +128,43 @@ def segments_from_rounds(results: Sequence[GenerationResult], eos_id: int) -> li
     if not results:
         raise ValueError("an episode needs at least one round")
     segments: list[Segment] = []
-    previous: list[int] = []
-    previous_completion: list[int] = []
-    for k, result in enumerate(results):
-        prompt, ids, logprobs = _round(result, k)
-        if k == 0:
-            context = prompt
-        else:
-            end = _turn_end(previous, prompt, eos_id, k - 1)
-            # A turn cut by max_tokens (or ended by another eos): the template's <|im_end|>.
-            closed = bool(previous_completion) and previous_completion[-1] == eos_id
-            context = ([] if closed else [eos_id]) + prompt[end + 1 :]
+    for k, (result, context) in enumerate(zip(results, _contexts(results, eos_id), strict=True)):
+        _, ids, logprobs = _round(result, k)
         if context:
             segments.append(Segment(ids=context, mask=0))
         if ids:
             segments.append(Segment(ids=ids, mask=1, logprobs=logprobs))
-        previous, previous_completion = prompt, ids
     return segments
+
+
+def retokenize_mismatch(results: Sequence[GenerationResult], eos_id: int) -> int:
+    """Tokens of earlier rounds that differ between what the sampler saw and what the learner
+    trains on: for each round k+1 > 1, the sampler's context P_{k+1} against the learner's
+    sequence up to the same point (P_1 + C_1 + O_1 + ... + C_k + O_k), counted as the longer
+    side of the span between their common prefix and common suffix (0 when they are the
+    same ids). Zero means every later round was sampled after exactly the learner's history."""
+    if not results:
+        return 0
+    learner: list[int] = []
+    total = 0
+    for k, (result, context) in enumerate(zip(results, _contexts(results, eos_id), strict=True)):
+        prompt, ids, _ = _round(result, k)
+        learner.extend(context)
+        if k > 0:
+            total += _differing(learner, prompt)
+        learner.extend(ids)
+    return total
+
+
+def _differing(a: list[int], b: list[int]) -> int:
+    prefix = 0
+    limit = min(len(a), len(b))
+    while prefix < limit and a[prefix] == b[prefix]:
+        prefix += 1
+    suffix = 0
+    while suffix < limit - prefix and a[-1 - suffix] == b[-1 - suffix]:
+        suffix += 1
+    return max(len(a), len(b)) - prefix - suffix
 
 
 def retokenized_rounds(results: Sequence[GenerationResult], eos_id: int) -> list[int]:

@@ -30,10 +30,16 @@ from magsrl.proto.policy import PolicyInfo
 from magsrl.proto.rollout import RolloutJob, RolloutResult
 from magsrl.trainer.config import WorkerSettings
 from magsrl.trainer.episode_stats import episode_stats
+from magsrl.trainer.limits import job_disagreement
 from magsrl.trainer.queue import Delivery, QueueError, RolloutConsumer
 from magsrl.trainer.registry import active_runs
 from magsrl.trainer.rewards import compute_reward
-from magsrl.trainer.trajectory import encode_images, images_from_messages, segments_from_rounds
+from magsrl.trainer.trajectory import (
+    encode_images,
+    images_from_messages,
+    retokenize_mismatch,
+    segments_from_rounds,
+)
 from magsrl.zoom.engine import UnknownModel
 from magsrl.zoom.loop import LoopOptions, ZoomLoop
 
@@ -97,6 +103,8 @@ async def run_job(
     if data is None:
         raise MagnifierError(404, f"image {job.image_id} is no longer in the magnifier")
     policy.set_frame(job.frame_min_pixels, job.frame_max_pixels)
+    # Decoded straight to the model's view, as /answer does: a 12 MP photo travels to the
+    # policy and back to the learner at the engine's pixel budget, not at full size.
     await policy.know(job.policy_model)
     image, original = decode_reduced(
         data, max_pixels=max_image_pixels, target=policy.frame_size, param="image"
@@ -106,6 +114,7 @@ async def run_job(
         served or ServedOptions(),
         model=job.policy_model,
         question_suffix=job.question_suffix,
+        max_images=job.max_images,
         logprobs=True,
     )
     loop = ZoomLoop(policy, magnifier)
@@ -148,6 +157,7 @@ async def run_job(
         zoom_errors=outcome.zoom_errors,
         rounds=len(outcome.rounds),
         completion_tokens=sum(len(c.token_ids) for c in completions),
+        retokenize_mismatch=retokenize_mismatch(outcome.results, job.eos_token_id),
         elapsed_ms=(time.perf_counter() - started) * 1000,
         **episode_stats(outcome, image.size),
     )
@@ -248,7 +258,10 @@ class RolloutWorker:
             log.error("dropping a malformed job %s: %s", delivery.job_id, exc)
             await consumer.ack(delivery)
             return
+        problem = job_disagreement(self.settings, job)
         try:
+            if problem is not None:
+                raise ValueError(problem)
             assert self.policy is not None  # run() connects before taking jobs
             result = await run_job(
                 job,

@@ -14,13 +14,17 @@ from magsrl.zoom.families import checked_frame
 from magsrl.zoom.loop import LoopOptions, ZoomLoop
 
 
-def answer_options(request: AnswerRequest, served: ServedOptions) -> LoopOptions:
-    """The loop's options for ``request``: its own choices, the policy's for the rest."""
+def answer_options(
+    request: AnswerRequest, served: ServedOptions, *, max_images: int | None = None
+) -> LoopOptions:
+    """The loop's options for ``request``: its own choices, the policy's for the rest;
+    ``max_images`` is the engine's images-per-prompt limit."""
     return LoopOptions.from_episode(
         request.episode_options(),
         served,
         model=request.model,
         return_crops=request.return_crops,
+        max_images=max_images,
     )
 
 
@@ -32,6 +36,7 @@ async def answer_episode(
     served: ServedOptions,
     *,
     max_image_pixels: int,
+    max_images: int | None = None,
 ) -> AnswerResponse:
     """Answers ``request`` about the image ``data`` (already in the magnifier as
     ``image_id`` when that is set)."""
@@ -51,7 +56,7 @@ async def answer_episode(
         image_id,
         request.question,
         request.options,
-        answer_options(request, served),
+        answer_options(request, served, max_images=max_images),
         original_size=original,
     )
     total = (time.perf_counter() - started) * 1000

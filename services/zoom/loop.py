@@ -14,9 +14,10 @@ to the model as an error and the loop goes on.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from PIL import Image
@@ -66,6 +67,10 @@ class LoopOptions:
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.0))
     return_crops: ReturnCrops = "ref"
     question_suffix: str | None = None  # e.g. the curriculum's stage-1 suffix
+    # Images one prompt may hold (the engine's per-prompt limit: vLLM's
+    # --limit-mm-per-prompt, the policy's MAGSRL_MAX_IMAGES). Crops that would pass it are
+    # not made; the model is told why. None: no limit.
+    max_images: int | None = None
 
     @classmethod
     def from_episode(
@@ -77,6 +82,7 @@ class LoopOptions:
         return_crops: ReturnCrops = "ref",
         question_suffix: str | None = None,
         logprobs: bool = False,
+        max_images: int | None = None,
     ) -> LoopOptions:
         """``options`` with unset served fields taken from ``served`` (what the policy
         serves), as ``/answer``, the rollout worker and eval all run them."""
@@ -97,6 +103,7 @@ class LoopOptions:
             model=model,
             return_crops=return_crops,
             question_suffix=question_suffix,
+            max_images=max_images,
             sampling=SamplingParams(
                 max_tokens=o.max_tokens,
                 temperature=o.temperature,
@@ -263,8 +270,10 @@ class ZoomLoop:
             return False
         episode.zooms_over_limit.append(max(0, len(calls) - opts.max_zooms_per_round))
         calls = calls[: opts.max_zooms_per_round]
+        room = self._image_room(episode)
         image = episode.image
-        zooms = await self._zoom(calls, image, episode.image_bytes, state, opts, protocol)
+        zooms = await self._zoom(calls[:room], image, episode.image_bytes, state, opts, protocol)
+        zooms += [_over_limit(call, opts.max_images) for call in calls[room:]]
         episode.rounds.append(Round(text=text, zooms=zooms))
         if state.zoom_skipped:
             episode.messages += self._continue_without_zoom(text, state.zoom_skipped)
@@ -292,6 +301,13 @@ class ZoomLoop:
         )
         return True
 
+    def _image_room(self, episode: Episode) -> int:
+        """How many crops this round may add before the prompt passes ``max_images``."""
+        if episode.opts.max_images is None:
+            return episode.opts.max_zooms_per_round
+        held = sum(1 for message in episode.messages for _ in _image_parts(message))
+        return max(0, episode.opts.max_images - held)
+
     async def run(
         self,
         image: Image.Image,
@@ -307,7 +323,7 @@ class ZoomLoop:
             result = await self.engine.generate(
                 GenerationRequest(
                     messages=episode.messages,
-                    sampling=opts.sampling,
+                    sampling=round_sampling(opts, len(episode.rounds), episode.tools is not None),
                     tools=episode.tools,
                     model=opts.model,
                 )
@@ -476,3 +492,37 @@ class ZoomLoop:
             {"role": "assistant", "content": text},
             {"role": "user", "content": render_prompt("zoom_unavailable", reason=reason)},
         ]
+
+
+def round_sampling(opts: LoopOptions, round_index: int, tools: bool = False) -> SamplingParams:
+    """Round ``round_index``'s sampling settings: its own seed, derived from the episode's,
+    so round 2 is an independent draw and not a replay of round 1's random stream. Round 1
+    keeps the episode's seed, so a one-round episode samples as a chat request with that
+    seed does. A protocol that sends tools (``tools``; or the options name magsrl's tools)
+    asks for log-probs, whose per-token bytes are how an upstream engine gives back the turn
+    as sampled (magsrl.engines.upstream_text)."""
+    sampling = opts.sampling
+    seed = sampling.seed
+    if seed is not None and round_index > 0:
+        digest = hashlib.sha256(f"{seed}:{round_index}".encode()).digest()
+        seed = int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+    named_tools = opts.protocol in ("tools", "magsrl_tools")
+    wants_logprobs = sampling.logprobs or tools or (named_tools and opts.zoom != "off")
+    return replace(sampling, seed=seed, logprobs=wants_logprobs)
+
+
+def _image_parts(message: dict[str, Any]) -> list[dict[str, Any]]:
+    content = message.get("content")
+    if not isinstance(content, list):
+        return []
+    return [p for p in content if isinstance(p, dict) and p.get("type") == "image"]
+
+
+def _over_limit(call: ZoomCall, max_images: int | None) -> Zoom:
+    """A zoom request that was not made because its crop would pass the images limit."""
+    reason = (
+        f"not magnified: the conversation already holds the most images one prompt may "
+        f"have ({max_images}, the engine's images-per-prompt limit); answer from what you "
+        "have seen"
+    )
+    return Zoom(box=None, img_idx=call.img_idx, label=call.label, error=reason)

@@ -54,10 +54,18 @@ def block_calls(text: str, block: Block, tool_name: str = ZOOM_TOOL_NAME) -> lis
         if not block.closed:
             return [ZoomCall(None, 0, None, "tag", "<zoom> is not closed by </zoom>", raw, span)]
         return [ZoomCall(box, 0, None, "tag", err, raw, span) for box, err in _tag_boxes(inner)]
-    if not block.closed:
+    if not block.closed and block.end < len(text):
         error = "<tool_call> is not closed by </tool_call>"
         return [ZoomCall(None, 0, None, "tool_call", error, raw, span)]
-    return [_tool_call(inner, raw, span, tool_name)]
+    # A call left open at the end of generation (the sampler stopped on <|im_end|> or
+    # max_tokens right after the JSON) is read like a closed one, as vLLM's hermes parser
+    # does: its regex is `<tool_call>(.*?)</tool_call>|<tool_call>(.*)` (vllm/entrypoints/
+    # openai/tool_parsers/hermes_tool_parser.py, Hermes2ProToolParser.tool_call_regex).
+    call = _tool_call(inner, raw, span, tool_name)
+    if not block.closed and call.error is not None:
+        error = f"<tool_call> is not closed by </tool_call> ({call.error})"
+        return [ZoomCall(call.box, call.img_idx, None, "tool_call", error, raw, span)]
+    return [call]
 
 
 def parse_zoom_calls(text: str, tool_name: str = ZOOM_TOOL_NAME) -> list[ZoomCall]:

@@ -5,7 +5,6 @@ user``). Boxes in the served family's convention, on image ``img_idx``."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from magsrl.proto.prompts import render_prompt
@@ -13,33 +12,16 @@ from magsrl.proto.tools import ZOOM_TOOL_NAME, zoom_tool
 from magsrl.zoom.protocols.base import Feedback, Message, ZoomProtocol
 from magsrl.zoom.protocols.magsrl_tags import user_text
 from magsrl.zoom.tags import parse_turn
-from magsrl.zoom.zoom_requests import ZoomCall
-
-
-def arguments(call: ZoomCall) -> str:
-    """The call's arguments as the tool_calls entry carries them."""
-    if call.box is None:
-        return call.raw
-    return json.dumps(
-        {
-            "bbox_2d": list(call.box),
-            "img_idx": call.img_idx,
-            **({"label": call.label} if call.label else {}),
-        }
-    )
 
 
 def feedback(fb: Feedback) -> list[Message]:
+    """The assistant turn as the text the model sampled, not rebuilt from the parsed calls
+    (re-serialised arguments, a different joiner): the next round must be sampled after the
+    history the model produced, and the learner trains on that same history. Each call
+    still gets its own tool message, answering it by id (the template renders tool
+    messages without looking at the ids)."""
     ids = [f"call_{fb.round_index}_{k}" for k in range(len(fb.calls))]
-    tool_calls = [
-        {
-            "id": i,
-            "type": "function",
-            "function": {"name": ZOOM_TOOL_NAME, "arguments": arguments(c)},
-        }
-        for i, c in zip(ids, fb.calls, strict=True)
-    ]
-    out: list[Message] = [{"role": "assistant", "content": fb.content, "tool_calls": tool_calls}]
+    out: list[Message] = [{"role": "assistant", "content": fb.text}]
     images: list[dict[str, Any]] = []
     for call_id, region in zip(ids, fb.regions, strict=True):
         if fb.crop_in == "user":
