@@ -87,7 +87,10 @@ class EpisodeOptions(BaseModel):
         "protocol's own turn limit (2 for magsrl's, 5 DeepEyes, 12 Mini-o3).",
     )
     protocol: Protocol | None = Field(
-        None, description="tags or tools; the policy's zoom_protocol when unset."
+        None,
+        description="A zoom protocol of GET /v1/protocols (tags, tools, deepeyes, mini_o3, "
+        "mgpo, qwen3_vl_thinking) or auto (by the model's name); the policy's "
+        "zoom_protocol when unset.",
     )
     max_zooms_per_round: int | None = Field(
         None, ge=1, le=MAX_ZOOMS_PER_ROUND, description="The policy's when unset."

@@ -19,13 +19,21 @@ UpscaleMethod = Literal["sr", "bicubic", "crop"]
 """How the magnifier enlarges a crop: super-resolution, bicubic, or the plain crop."""
 
 Protocol = Literal[
-    "auto", "tags", "tools", "magsrl_tags", "magsrl_tools", "deepeyes", "mini_o3", "mgpo"
+    "auto",
+    "tags",
+    "tools",
+    "magsrl_tags",
+    "magsrl_tools",
+    "deepeyes",
+    "mini_o3",
+    "mgpo",
+    "qwen3_vl_thinking",
 ]
 """How the model asks for a zoom and hears back: an entry of the zoom core's protocol
 registry (``magsrl.zoom.protocols``, ``GET /v1/protocols``). magsrl_tags (alias tags): Mags-RL
 ``<think>/<zoom>/<rethink>/<answer>``; magsrl_tools (alias tools): Hermes tool calls to
-``zoom``; deepeyes, mini_o3, mgpo: those checkpoints' own formats; auto: chosen from the
-model's name (docs/protocols.md)."""
+``zoom``; deepeyes, mini_o3, mgpo, qwen3_vl_thinking: those checkpoints' own formats;
+auto: chosen from the model's name (docs/protocols.md)."""
 
 CropPlacement = Literal["tool", "user"]
 """Where crops go back to the model: in the tool message, or in a following user message

@@ -65,7 +65,14 @@ def flatten(content: list[dict[str, Any]]) -> str:
 def test_registry_names_aliases_and_auto() -> None:
     """Pins the registry's public names: tags and tools keep working as aliases of magsrl's
     two entries, auto is accepted, and an unknown name lists the known ones."""
-    assert set(PROTOCOLS) == {"magsrl_tags", "magsrl_tools", "deepeyes", "mini_o3", "mgpo"}
+    assert set(PROTOCOLS) == {
+        "magsrl_tags",
+        "magsrl_tools",
+        "deepeyes",
+        "mini_o3",
+        "mgpo",
+        "qwen3_vl_thinking",
+    }
     assert get_protocol("tags") is PROTOCOLS["magsrl_tags"]
     assert get_protocol("tools") is PROTOCOLS["magsrl_tools"]
     assert {"auto", "tags", "tools"} <= set(protocol_names())
@@ -79,6 +86,8 @@ def test_registry_names_aliases_and_auto() -> None:
         pytest.param("ChenShawn/DeepEyes-7B", "deepeyes", id="deepeyes"),
         pytest.param("Mini-o3/Mini-o3-7B-v1", "mini_o3", id="mini-o3"),
         pytest.param("/ckpt/mgpo-qwen2.5-vl-7b", "mgpo", id="mgpo-path"),
+        pytest.param("Qwen/Qwen3-VL-8B-Thinking", "qwen3_vl_thinking", id="qwen3-vl-thinking"),
+        pytest.param("Qwen/Qwen3-VL-8B-Instruct", "magsrl_tags", id="qwen3-vl-instruct"),
         pytest.param("Qwen/Qwen2.5-VL-7B-Instruct", "magsrl_tags", id="unknown"),
     ],
 )
@@ -325,6 +334,52 @@ def test_mgpo_boxed_answer_reads_nested_braces() -> None:
     """Pins \\boxed{} extraction cutting at the first closing brace."""
     assert mgpo.boxed_answer("so \\boxed{\\frac{1}{2}} done") == "\\frac{1}{2}"
     assert mgpo.boxed_answer("no box") == "no box"
+
+
+# ---- Qwen3-VL Thinking ------------------------------------------------------------------
+
+
+def qwen_call(box: list[int], img_idx: int) -> str:
+    args = json.dumps({"bbox_2d": box, "label": "the sign", "img_idx": img_idx})
+    return (
+        "The sign is far away, so I should zoom in.\n</think>\n\n"
+        f'<tool_call>\n{{"name": "image_zoom_in_tool", "arguments": {args}}}\n</tool_call>'
+    )
+
+
+def qwen_agent_pixels(bbox: list[int], w: int, h: int) -> list[float]:
+    """image_zoom_in_qwen3vl.py: rel / 1000 * size (boxes of 32 px and more kept as is)."""
+    return [bbox[0] / 1000 * w, bbox[1] / 1000 * h, bbox[2] / 1000 * w, bbox[3] / 1000 * h]
+
+
+def test_qwen3_vl_thinking_zooms_in_0_1000_of_the_image_it_names() -> None:
+    """Pins Qwen-Agent's zoom tool for Qwen3-VL Thinking: image_zoom_in_tool with 0-1000
+    boxes of image img_idx (a crop, the second time), the schema sent as tools with no
+    system prompt of magsrl's, each crop in a tool message, and the answer read after
+    </think> (the template opened the <think>)."""
+    image = scene((640, 480))
+    replies = [
+        qwen_call([500, 500, 1000, 1000], 0),
+        qwen_call([0, 0, 500, 500], 1),
+        "The crop shows a red sign.\n</think>\n\nThe sign is red.",
+    ]
+    outcome, engine, magnifier = replay(
+        image, replies, family=QWEN3_VL, protocol="qwen3_vl_thinking"
+    )
+    first = qwen_agent_pixels([500, 500, 1000, 1000], 640, 480)
+    assert magnifier.calls[0].boxes == [first]
+    on_crop = qwen_agent_pixels([0, 0, 500, 500], first[2] - first[0], first[3] - first[1])
+    expected = [first[0] + on_crop[0], first[1] + on_crop[1], first[0] + on_crop[2]]
+    expected.append(first[1] + on_crop[3])
+    assert magnifier.calls[1].boxes == [expected]
+    assert outcome.answer == "The sign is red."
+
+    request = engine.requests[0]
+    assert request.messages[0]["role"] == "user"  # the template's own system, none of ours
+    assert request.tools and request.tools[0]["function"]["name"] == "image_zoom_in_tool"
+    turns = outcome.messages[1:]
+    assert turns[0] == {"role": "assistant", "content": replies[0]}
+    assert turns[1]["role"] == "tool" and turns[1]["content"][0]["type"] == "image"
 
 
 # ---- magsrl's own entries -------------------------------------------------------------

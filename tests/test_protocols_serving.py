@@ -131,7 +131,14 @@ def test_protocols_route_lists_the_registry(app: Swapped) -> None:
     listing = app.client.get("/v1/protocols").json()
     by_name = {p["name"]: p for p in listing["data"]}
     assert listing["default"] == "magsrl_tags"
-    assert set(by_name) == {"magsrl_tags", "magsrl_tools", "deepeyes", "mini_o3", "mgpo"}
+    assert set(by_name) == {
+        "magsrl_tags",
+        "magsrl_tools",
+        "deepeyes",
+        "mini_o3",
+        "mgpo",
+        "qwen3_vl_thinking",
+    }
     assert by_name["deepeyes"]["tool_name"] == "image_zoom_in_tool"
     assert by_name["mini_o3"]["coordinates"] == "norm1"
     assert by_name["magsrl_tags"]["aliases"] == ["tags"]

@@ -61,7 +61,8 @@ def register(sub: Any) -> None:
         "--protocol",
         choices=PROTOCOLS,
         default=None,
-        help="a zoom protocol (GET /v1/protocols: tags, tools, deepeyes, mini_o3, mgpo) or "
+        help="a zoom protocol (GET /v1/protocols: tags, tools, deepeyes, mini_o3, mgpo, "
+        "qwen3_vl_thinking) or "
         "auto (default: the policy's; with --openai: tags)",
     )
     sampling = parser.add_argument_group("sampling")

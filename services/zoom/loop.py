@@ -214,13 +214,13 @@ class ZoomLoop:
             text = f"{text}\n{opts.question_suffix}"
         if opts.zoom == "force":
             text = f"{text}\n{render_prompt('force_grounding')}"
-        return [
-            {"role": "system", "content": system},
-            {
-                "role": "user",
-                "content": [{"type": "image", "image": image}, {"type": "text", "text": text}],
-            },
-        ]
+        user = {
+            "role": "user",
+            "content": [{"type": "image", "image": image}, {"type": "text", "text": text}],
+        }
+        # An empty system prompt: the protocol's checkpoints were trained on the template's
+        # own (Qwen3-VL renders the tools there), so none is sent.
+        return [{"role": "system", "content": system}, user] if system else [user]
 
     # ---- the loop -------------------------------------------------------------------
     def start(

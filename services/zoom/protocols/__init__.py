@@ -1,7 +1,7 @@
 """The zoom protocols magsrl speaks, as a registry of data: magsrl's own two (tags and Hermes
-tool calls) and the peers' (DeepEyes, Mini-o3, MGPO), one module each. ``get_protocol``
-takes a name or an alias; ``resolve_protocol`` also takes ``auto`` and picks by the model's
-name (the rule is in docs/protocols.md).
+tool calls) and the peers' (DeepEyes, Mini-o3, MGPO, Qwen3-VL Thinking), one module each.
+``get_protocol`` takes a name or an alias; ``resolve_protocol`` also takes ``auto`` and
+picks by the model's name (the rule is in docs/protocols.md).
 
     from magsrl.zoom.protocols import get_protocol
     get_protocol("mini_o3").parse('<grounding>{"bbox_2d": [0.1, 0.1, 0.5, 0.5], ...}')
@@ -9,9 +9,17 @@ name (the rule is in docs/protocols.md).
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable
 
-from magsrl.zoom.protocols import deepeyes, magsrl_tags, magsrl_tools, mgpo, mini_o3
+from magsrl.zoom.protocols import (
+    deepeyes,
+    magsrl_tags,
+    magsrl_tools,
+    mgpo,
+    mini_o3,
+    qwen3_vl_thinking,
+)
 from magsrl.zoom.protocols.base import Feedback, ZoomProtocol
 
 __all__ = [
@@ -32,6 +40,7 @@ PROTOCOLS: dict[str, ZoomProtocol] = {
         deepeyes.PROTOCOL,
         mini_o3.PROTOCOL,
         mgpo.PROTOCOL,
+        qwen3_vl_thinking.PROTOCOL,
     )
 }
 _ALIASES: dict[str, str] = {a: p.name for p in PROTOCOLS.values() for a in p.aliases}
@@ -55,13 +64,14 @@ def get_protocol(name: str) -> ZoomProtocol:
 
 
 def resolve_protocol(name: str | None, model_names: Iterable[str | None] = ()) -> ZoomProtocol:
-    """``name``'s entry; for ``auto`` (or None), the first protocol whose ``auto_match``
-    occurs in one of ``model_names`` (a served model id, an adapter name, a checkpoint
-    path), case-insensitive; magsrl_tags when none matches."""
+    """``name``'s entry; for ``auto`` (or None), the first protocol with an ``auto_match``
+    pattern (a glob, ``*`` any run of characters) found in one of ``model_names`` (a served
+    model id, an adapter name, a checkpoint path), case-insensitive; magsrl_tags when none
+    matches."""
     if name not in (None, AUTO):
         return get_protocol(name)  # type: ignore[arg-type]
     names = [n.lower() for n in model_names if n]
     for protocol in PROTOCOLS.values():
-        if any(pattern in n for pattern in protocol.auto_match for n in names):
+        if any(fnmatch.fnmatchcase(n, f"*{p}*") for p in protocol.auto_match for n in names):
             return protocol
     return DEFAULT

@@ -1,7 +1,8 @@
 """DeepEyes (Visual-Agent/DeepEyes): Hermes-style ``<tool_call>`` to ``image_zoom_in_tool``
 with ``bbox_2d`` in pixels of the image as Qwen2.5-VL's processor resized it, the crop sent
 back in a *user* turn between ``<tool_response>`` and ``</tool_response>`` text parts, up to
-5 turns, the answer in ``<answer>``.
+5 turns (its training scripts' ``agent.max_turns=4`` tool turns and the answer), the answer
+in ``<answer>``.
 
 Read from ``eval/eval_vstar.py`` (commit cc3ff4d): ``instruction_prompt_system`` (the tool
 schema written into the system prompt, not sent as ``tools``; its ``"required": ["bbox"]``
