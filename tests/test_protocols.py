@@ -399,3 +399,47 @@ def test_magsrl_tags_and_tools_still_take_the_family_convention() -> None:
     assert magnifier.calls[0].boxes == [[0, 0, 320, 240]] and engine.requests[0].tools
     assert engine.requests[1].messages[-1]["role"] == "tool"
     assert math.isclose(len(engine.requests[1].messages), 4)
+
+
+# ---- the rendered prompt, character for character --------------------------------------
+
+
+def rendered(tiny_model_dir: Any, messages: list[dict[str, Any]]) -> str:
+    """The conversation through Qwen2.5-VL's chat template (the peers' base model), as the
+    policy's hf engine renders it."""
+    from transformers import AutoTokenizer
+
+    from magsrl.zoom.engine import split_images
+    from magsrl.zoom.families import template_text
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    plain, _ = split_images(messages)
+    return tokenizer.apply_chat_template(
+        plain, chat_template=template_text(QWEN2_5_VL), tokenize=False
+    )
+
+
+def test_peer_turns_render_as_the_peers_prompts(tiny_model_dir: Any) -> None:
+    """Pins the token-level layout the checkpoints were trained on: Mini-o3's observation
+    turn is exactly its TOOL_CALL_CROP_MULTI_TRUN_PROMPT inside a user turn, and DeepEyes'
+    reply is exactly <tool_response>, the image, USER_PROMPT_V2, </tool_response>."""
+    outcome, _, _ = replay(scene((800, 600)), list(MO3_TRANSCRIPT), protocol="mini_o3")
+    text = rendered(tiny_model_dir, outcome.messages)
+    for action in range(2):
+        observation = MO3_OBSERVATION.format(action_turn=action, observation_turn=action + 1)
+        turn = f"{MO3_TRANSCRIPT[action]}<|im_end|>\n<|im_start|>user\n{observation}<|im_end|>"
+        assert turn in text
+    assert text.startswith(f"<|im_start|>system\n{mini_o3.SYSTEM_PROMPT}<|im_end|>")
+
+    box = [336, 238, 672, 476]
+    outcome, _, _ = replay(
+        scene((672, 476)),
+        [de_call(box), "<answer>A</answer>"],
+        options=["red", "blue"],
+        protocol="deepeyes",
+    )
+    text = rendered(tiny_model_dir, outcome.messages)
+    question = de_user_text("What colour is the sign?", ["red", "blue"])
+    assert f"<|im_start|>user\n{VISION}{question}<|im_end|>" in text
+    reply = f"<|im_start|>user\n<tool_response>{VISION}{DE_USER_PROMPT_V2}</tool_response>"
+    assert f"{de_call(box)}<|im_end|>\n{reply}<|im_end|>" in text
