@@ -41,7 +41,7 @@ from magsrl.proto.vocab import (
 from magsrl.zoom.boxes import ImageSlot, from_original, original_slot, to_original_crop
 from magsrl.zoom.choices import normalize_choice
 from magsrl.zoom.engine import Engine, GenerationRequest, GenerationResult, SamplingParams
-from magsrl.zoom.parsing import ZoomCall, remove_tool_calls
+from magsrl.zoom.parsing import ZoomCall
 from magsrl.zoom.protocols import Feedback, ZoomProtocol, resolve_protocol
 
 MIN_BOX_SIDE = 28  # the design's minimum crop side, in original pixels
@@ -282,7 +282,6 @@ class ZoomLoop:
         episode.messages += protocol.feedback(
             Feedback(
                 text=text,
-                content=remove_tool_calls(text).strip(),
                 calls=calls,
                 zooms=zooms,
                 images=[state.crop_images.get(id(z)) for z in zooms],

@@ -30,7 +30,6 @@ class Feedback:
     """One turn's zooms, ready to be laid out as the protocol's feedback messages."""
 
     text: str  # the assistant turn as the model wrote it
-    content: str  # the turn without its <tool_call> blocks (OpenAI's ``content``)
     calls: list[ZoomCall]
     zooms: list[Zoom]
     images: list[Image.Image | None]  # each zoom's crop; None where it failed
