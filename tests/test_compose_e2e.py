@@ -228,6 +228,12 @@ def test_short_training_run_publishes_an_adapter(stack: Stack) -> None:
         assert info.status == "completed", (info.status, info.error, info.warnings)
         assert info.step == info.total == 2
         assert info.output_dir.startswith("/data/runs/")
-        # The policy serves the adapter, so vLLM loaded it from the path the learner wrote.
+        # The finished run unloaded its adapters (issue 16); loading the final one again
+        # shows vLLM reads the path the learner wrote.
+        assert info.adapter is not None
+        loaded = http.post(
+            f"{stack.url('policy')}/v1/adapters", json={"name": run_id, "path": info.adapter}
+        )
+        assert loaded.status_code < 300, loaded.text
         models = http.get(f"{stack.url('policy')}/v1/models").json()
-        assert info.policy_model in {m["id"] for m in models["data"]}, models
+        assert run_id in {m["id"] for m in models["data"]}, models

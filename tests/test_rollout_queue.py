@@ -115,6 +115,31 @@ def test_job_of_a_dead_worker_is_reclaimed_by_another(redis_url: str) -> None:
     run(main())
 
 
+def test_touch_keeps_a_waiting_job_with_its_live_worker(redis_url: str) -> None:
+    """Pins an outage (a restarting policy) using up a job's deliveries: a worker that
+    holds a job while waiting touches it, and the janitor neither reclaims it nor counts a
+    delivery; once reclaimed by another, touch says it is no longer ours."""
+    cfg = config(max_deliveries=1)
+
+    async def main() -> None:
+        async with (
+            RolloutQueue.from_url(redis_url, cfg) as queue,
+            RolloutConsumer.from_url(redis_url, cfg, name="waits") as waiting,
+            RolloutConsumer.from_url(redis_url, cfg, name="other") as other,
+        ):
+            await queue.enqueue("job-1", {"prompt": "zoom"})
+            [held] = await waiting.take(block_ms=0)
+            for _ in range(3):  # three idle periods, each ended by a touch
+                await asyncio.sleep(PAST_IDLE_S * 0.6)
+                assert await waiting.touch(held)
+                assert await other.take(block_ms=0) == []
+            assert (await queue.stats()).dead_letters == 0
+            assert await waiting.complete(held, {"answer": "A"})
+            assert not await waiting.touch(held)  # done: nothing to keep
+
+    run(main())
+
+
 def test_poison_job_is_dead_lettered_after_max_deliveries(redis_url: str) -> None:
     """Pins a job that kills every worker being handed out forever instead of parked."""
     cfg = config(max_deliveries=2)

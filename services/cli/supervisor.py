@@ -1,9 +1,18 @@
-"""Runs services as local child processes: free ports, logs to files, readiness polling, and
-a clean stop of the whole process group. ``magsrl up`` and the tests both use it."""
+"""Runs services as local child processes: free ports, logs to files, readiness polling,
+restarts with backoff, and a clean stop of the whole process group. ``magsrl up`` and the
+tests both use it.
+
+Children never outlive the supervisor: each asks the kernel (``prctl(PR_SET_PDEATHSIG)``)
+for a SIGKILL when its parent dies, so even ``kill -9`` of ``magsrl up`` leaves nothing
+serving. A child that exits while the stack runs is started again after a backoff
+(``watch()``), doubling from ``RESTART_BACKOFF_S`` up to ``RESTART_BACKOFF_MAX_S`` and
+reset once it has stayed up ``RESTART_STABLE_S``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -20,7 +29,32 @@ from magsrl.common.ports import free_port, port_is_free
 READY_POLL_S = 0.2
 STOP_GRACE_S = 10.0
 LOG_TAIL_LINES = 30
-__all__ = ["Service", "ServiceFailed", "Supervisor", "free_port", "port_is_free", "tail"]
+__all__ = [
+    "Service",
+    "ServiceFailed",
+    "Supervisor",
+    "die_with_parent",
+    "free_port",
+    "port_is_free",
+    "tail",
+]
+
+RESTART_BACKOFF_S = 1.0
+RESTART_BACKOFF_MAX_S = 30.0
+RESTART_STABLE_S = 60.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: the kernel sends SIGKILL when the parent dies, whatever
+    ended it (a signal Python could not catch included). Linux only; elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # The parent may have died between fork and prctl: then nothing would signal us.
+    if os.getppid() == 1:
+        os._exit(1)
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -47,6 +81,9 @@ class Service:
     host: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = None
     http: bool = True  # False: no /ready to poll (rollout workers); alive is ready
+    restarts: int = 0  # since it last stayed up RESTART_STABLE_S
+    started_at: float = 0.0  # monotonic
+    restart_at: float | None = None  # monotonic: when watch() starts it again
 
     @property
     def url(self) -> str:
@@ -54,8 +91,18 @@ class Service:
 
 
 class Supervisor:
-    def __init__(self, log_dir: Path, base_env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        base_env: Mapping[str, str] | None = None,
+        *,
+        tie_to_parent: bool = False,
+    ) -> None:
+        """``tie_to_parent``: children get SIGKILL when this process dies (``magsrl up``).
+        The kernel ties them to the *thread* that started them, so only a supervisor that
+        starts every child from one long-lived thread (the main one) should set it."""
         self.log_dir = log_dir
+        self.tie_to_parent = tie_to_parent
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.services: list[Service] = []
 
@@ -80,21 +127,62 @@ class Supervisor:
         self.services.append(service)
         return service
 
+    def add_process(self, name: str, argv: list[str], port: int = 0) -> Service:
+        """Any program (e.g. redis-server) supervised like a service, with no ``/ready``."""
+        service = Service(name, argv, port, self.log_dir / f"{name}.log", http=False)
+        self.services.append(service)
+        return service
+
     def start(self) -> None:
+        """Starts every service not started yet (so a stack can start in stages)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for service in self.services:
-            log = service.log_path.open("wb")
-            # Own session per child: Ctrl-C in the terminal reaches only us, and we stop
-            # each child's whole group, so nothing is orphaned.
-            service.proc = subprocess.Popen(
-                service.argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**self.base_env, **service.env},
-                start_new_session=True,
-            )
-            log.close()
+            if service.proc is None:
+                self._spawn(service, mode="wb")
+
+    def _spawn(self, service: Service, mode: str) -> None:
+        log = service.log_path.open(mode)
+        # Own session per child: Ctrl-C in the terminal reaches only us, and we stop each
+        # child's whole group, so nothing is orphaned; die_with_parent covers our own death.
+        service.proc = subprocess.Popen(
+            service.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**self.base_env, **service.env},
+            start_new_session=True,
+            preexec_fn=die_with_parent if self.tie_to_parent else None,
+        )
+        service.started_at = time.monotonic()
+        log.close()
+
+    def watch(self) -> list[str]:
+        """One look at the children: a dead one is scheduled for a restart with backoff,
+        one whose time has come is started again. Returns what happened, for the user."""
+        now = time.monotonic()
+        events: list[str] = []
+        for service in self.services:
+            proc = service.proc
+            if proc is None or (service.restart_at is None and proc.poll() is None):
+                continue
+            if service.restart_at is None:
+                if now - service.started_at >= RESTART_STABLE_S:
+                    service.restarts = 0
+                delay = min(RESTART_BACKOFF_S * 2**service.restarts, RESTART_BACKOFF_MAX_S)
+                service.restart_at = now + delay
+                events.append(
+                    f"{service.name} exited with code {proc.returncode}; restarting it in "
+                    f"{delay:.0f}s (log: {service.log_path})"
+                )
+            elif now >= service.restart_at:
+                service.restarts += 1
+                service.restart_at = None
+                self._spawn(service, mode="ab")
+                assert service.proc is not None
+                events.append(
+                    f"{service.name} restarted (pid {service.proc.pid}, restart {service.restarts})"
+                )
+        return events
 
     def check_alive(self) -> None:
         for service in self.services:

@@ -31,7 +31,7 @@ def load_config(path: Path, steps: int | None) -> Any:
     config = RunConfig.from_yaml(path)
     base = path.resolve().parent
     updates: dict[str, Any] = {}
-    for name in ("dataset", "output_dir"):
+    for name in ("dataset",):  # output_dir names a folder under the runs directory
         value = getattr(config, name)
         if value and not Path(value).is_absolute():
             updates[name] = str((base / value).resolve())

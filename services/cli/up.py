@@ -1,16 +1,21 @@
 """``magsrl up``: the whole stack as local processes, with no Docker.
 
 It prepares what is missing (SR weights), starts each service on its default port or a
-free one, waits for every ``/ready``, prints the URLs, and stops everything on Ctrl-C.
+free one, waits for every ``/ready``, prints the URLs, restarts a service that exits (with
+backoff, and says so), and stops everything on Ctrl-C, SIGTERM or SIGHUP; its children die
+with it even on SIGKILL. One ``magsrl up`` per state directory (a lock file).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
+import os
 import signal
+import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from magsrl.cli.supervisor import ServiceFailed, Supervisor, free_port, port_is_free
 
@@ -26,6 +31,8 @@ REDIS_PORT = 6379
 MODEL_PROBE_TIMEOUT_S = 10.0
 READY_TIMEOUT_S = 300.0
 WATCH_INTERVAL_S = 0.5
+REDIS_START_TIMEOUT_S = 10.0
+LOCK_FILE = "up.lock"
 
 
 def register(sub: Any) -> None:
@@ -66,13 +73,14 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         console.print(f"[red]{problem}")
         return 2
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    lock = take_lock(args.state_dir)
+    if isinstance(lock, str):
+        console.print(f"[red]{lock}")
+        return 1
     _prepare_weights(console)
-    supervisor = Supervisor(args.state_dir / "logs")
-    redis = EmbeddedRedis(
-        port=pick_port(REDIS_PORT),
-        data_dir=args.state_dir / "redis",
-        log_path=supervisor.log_dir / "redis.log",
-    )
+    supervisor = Supervisor(args.state_dir / "logs", tie_to_parent=True)
+    redis = EmbeddedRedis(port=pick_port(REDIS_PORT), data_dir=args.state_dir / "redis")
     ports = {name: pick_port(port) for name, port in STACK}
     urls = {
         f"MAGSRL_{name.upper()}_URL": f"http://127.0.0.1:{port}" for name, port in ports.items()
@@ -80,56 +88,40 @@ def run(args: argparse.Namespace) -> int:
     urls["MAGSRL_REDIS_URL"] = redis.url
     model_env = {"MAGSRL_POLICY_MODEL": args.model} if args.model else {}
     runs_env = {"MAGSRL_RUNS_DIR": str((args.state_dir / "runs").resolve())}
-    for name, port in ports.items():
-        supervisor.add_magsrl_service(name, port, env={**urls, **model_env, **runs_env})
-    for i in range(args.workers if args.train else 0):
-        supervisor.add_magsrl_service(
-            "rollout-worker", 0, env=urls, http=False, label=f"rollout-worker-{i + 1}"
-        )
 
     stopping = False
+    watching = False
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
+        if not watching:  # still starting: stop now, not once every service is ready
+            raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    # HUP too: a closed terminal stops the stack cleanly instead of orphaning it.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     console.print(f"starting redis, {', '.join(ports)}; logs in {supervisor.log_dir}/")
-    supervisor.log_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        redis.start()
-    except RuntimeError as exc:
-        console.print(f"[red]redis: {exc} (log: {supervisor.log_dir / 'redis.log'})")
-        return 1
+    # Redis first, supervised like the rest (restarted if it dies; its AOF keeps the queue).
+    supervisor.add_process("redis", redis.argv(), port=redis.port)
     supervisor.start()
     try:
-        supervisor.wait_ready(args.ready_timeout)
-        table = Table(title="magsrl is up")
-        table.add_column("service")
-        table.add_column("url")
-        table.add_column("log")
-        table.add_row("redis", redis.url, str(supervisor.log_dir / "redis.log"))
-        for service in supervisor.services:
-            url = service.url if service.http else "(takes jobs from redis)"
-            table.add_row(service.name, url, str(service.log_path))
-        console.print(table)
-        console.print(
-            f'try: magsrl answer photo.jpg "What is written on the sign?" '
-            f"--url http://127.0.0.1:{ports['policy']}"
-        )
-        console.print(f"trace viewer: http://127.0.0.1:{ports['policy']}/")
-        console.print(
-            "evaluate: magsrl eval synthetic --limit 20 --out eval-synthetic "
-            f"--policy http://127.0.0.1:{ports['policy']}"
-        )
-        if args.train:
-            console.print(
-                f"train: magsrl train examples/train-tiny.yaml --url http://127.0.0.1:{ports['trainer']}"
+        if not wait_for_redis(supervisor, redis.port):
+            console.print(f"[red]redis did not start (log: {supervisor.log_dir / 'redis.log'})")
+            return 1
+        for name, port in ports.items():
+            supervisor.add_magsrl_service(name, port, env={**urls, **model_env, **runs_env})
+        for i in range(args.workers if args.train else 0):
+            supervisor.add_magsrl_service(
+                "rollout-worker", 0, env=urls, http=False, label=f"rollout-worker-{i + 1}"
             )
-        console.print("Ctrl-C stops everything.")
+        supervisor.start()
+        supervisor.wait_ready(args.ready_timeout)
+        print_table(console, Table, supervisor, redis.url, ports, args.train)
+        watching = True
         while not stopping:
-            supervisor.check_alive()
+            for event in supervisor.watch():
+                console.print(f"[yellow]{event}")
             time.sleep(WATCH_INTERVAL_S)
         return 0
     except ServiceFailed as exc:
@@ -140,7 +132,77 @@ def run(args: argparse.Namespace) -> int:
     finally:
         console.print("stopping...")
         supervisor.stop()
-        redis.stop()
+        lock.close()
+
+
+def take_lock(state_dir: Path) -> IO[str] | str:
+    """The state directory's lock, held while this ``magsrl up`` runs (the kernel drops
+    it when the process dies, however it dies); or why not: the holder's PID."""
+    path = state_dir / LOCK_FILE
+    fh = path.open("a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        return (
+            f"another magsrl up (pid {holder}) is running with state directory {state_dir}; "
+            "stop it first, or pass another --state-dir"
+        )
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def wait_for_redis(supervisor: Supervisor, port: int) -> bool:
+    """True once redis-server answers PING on ``port``; False if it exited or timed out."""
+    deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+    service = supervisor.services[0]
+    while time.monotonic() < deadline:
+        if service.proc is None or service.proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+def print_table(
+    console: Any, table_cls: Any, supervisor: Supervisor, redis_url: str, ports: dict, train: bool
+) -> None:
+    table = table_cls(title="magsrl is up")
+    table.add_column("service")
+    table.add_column("url")
+    table.add_column("log")
+    for service in supervisor.services:
+        if service.name == "redis":
+            url = redis_url
+        else:
+            url = service.url if service.http else "(takes jobs from redis)"
+        table.add_row(service.name, url, str(service.log_path))
+    console.print(table)
+    console.print(
+        f'try: magsrl answer photo.jpg "What is written on the sign?" '
+        f"--url http://127.0.0.1:{ports['policy']}"
+    )
+    console.print(f"trace viewer: http://127.0.0.1:{ports['policy']}/")
+    console.print(
+        "evaluate: magsrl eval synthetic --limit 20 --out eval-synthetic "
+        f"--policy http://127.0.0.1:{ports['policy']}"
+    )
+    if train:
+        console.print(
+            f"train: magsrl train examples/train-tiny.yaml --url http://127.0.0.1:{ports['trainer']}"
+        )
+    console.print("A service that exits is restarted. Ctrl-C stops everything.")
 
 
 def check_model(model: str | None) -> str | None:

@@ -31,7 +31,7 @@ RunsDep = Annotated[RunManager, Depends(get_runs)]
 )
 async def create_run(config: RunConfig, runs: RunsDep) -> JSONResponse:
     await check_full_finetune(config, runs.settings, runs.http)  # never a failure at step 1
-    run = runs.submit(config)
+    run = await runs.submit(config)
     body = RunCreated(run_id=run.info.run_id, status=run.info.status, position=runs.position(run))
     return JSONResponse(body.model_dump(), status_code=202)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from magsrl.common.settings import ServiceSettings, default_cache_dir
+from magsrl.common.settings import CommaList, ServiceSettings, default_cache_dir, split_comma_list
 
 DEFAULT_PORT = 8003
 
@@ -18,6 +19,30 @@ class TrainerSettings(ServiceSettings):
         default_factory=lambda: default_cache_dir() / "runs",
         description="Run folders: config, checkpoints, adapters, metrics, plots. The policy "
         "(or vLLM) must read adapters at the same path.",
+    )
+    data_roots: CommaList = Field(
+        default_factory=list,
+        description="Folders (comma-separated) a run's dataset, curriculum and images may be "
+        "read from, besides the runs directory; paths are checked after resolving symlinks. "
+        "Empty: the trainer's working directory and the magsrl cache (~/.cache/magsrl).",
+    )
+    max_dataset_bytes: int = Field(
+        1 << 30, ge=1, description="Largest dataset or curriculum file a run may name; 413."
+    )
+    max_dataset_rows: int = Field(
+        200_000, ge=1, description="Most samples a run's dataset may hold (after max_samples)."
+    )
+    max_nonfinite_steps: int = Field(
+        3,
+        ge=1,
+        description="Consecutive steps with a non-finite loss (skipped, nothing published) "
+        "after which the run fails.",
+    )
+    dependency_wait_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Longest a run stays paused while Redis, the policy or the magnifier is "
+        "away; then it fails.",
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_queued_runs: int = Field(
@@ -45,6 +70,16 @@ class TrainerSettings(ServiceSettings):
         None, ge=1, le=64, description="As the policy's: images per prompt, for rollouts."
     )
 
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _roots(cls, value: object) -> object:
+        return split_comma_list(value)
+
+    def read_roots(self) -> list[Path]:
+        """Where a run may read from, resolved: the data roots (or their default) and runs."""
+        roots = [Path(r) for r in self.data_roots] or [Path.cwd(), default_cache_dir()]
+        return [Path(os.path.realpath(r)) for r in [*roots, self.runs_dir]]
+
 
 class WorkerSettings(ServiceSettings):
     """``magsrl serve rollout-worker``: no HTTP server; it takes jobs from Redis."""
@@ -63,3 +98,9 @@ class WorkerSettings(ServiceSettings):
     # is refused (the worker was started for another engine).
     max_image_pixels_model: int | None = Field(None, ge=1, description="As the policy's.")
     max_images: int | None = Field(None, ge=1, le=64, description="As the policy's.")
+    dependency_wait_s: float = Field(
+        600.0,
+        gt=0,
+        description="Longest a worker keeps retrying a job while the policy, the magnifier "
+        "or Redis is away, before leaving it to be delivered again.",
+    )

@@ -41,6 +41,7 @@ How it differs from TRL's GRPOTrainer:
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import shutil
 import time
@@ -277,6 +278,7 @@ class Learner:
         diff_sum = diff_max = grad_sum = 0.0
         params = self.trainable_parameters()
         max_norm = grpo.max_grad_norm if grpo.max_grad_norm > 0 else float("inf")
+        nonfinite = False
         self.model.train()
         for it in range(grpo.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
@@ -290,10 +292,15 @@ class Learner:
                 if it == 0:  # the learner's pre-update, dropout-off log-probs vs the sampler
                     first = old if isinstance(old, Tensor) else logps
                     diff_sum, diff_max = _accumulate_diff(first, batch, diff_sum, diff_max)
-            grad_sum += float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            grad = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            grad_sum += grad
+            if not (math.isfinite(totals.get("loss", 0.0)) and math.isfinite(grad)):
+                nonfinite = True  # an update with NaN/inf would poison the weights: skip it
+                break
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.step_count += 1
+        if not nonfinite:
+            self.step_count += 1
 
         passes = grpo.num_iterations
         tokens = sum(b.completion_tokens for b in batches)
@@ -320,6 +327,8 @@ class Learner:
         if "seq_masked" in totals:
             metrics["seq_masked_frac"] = totals["seq_masked"] / max(totals["sequences"], 1.0)
             del metrics["seq_masked"]
+        if nonfinite:
+            metrics["nonfinite"] = 1.0  # no update was made (run_loop publishes nothing)
         return metrics
 
     # ---- saving -------------------------------------------------------------------------

@@ -10,7 +10,9 @@ Delivery guarantees:
   exactly one worker and stays in the group's pending list (PEL) until completed. A job
   whose worker died sits idle in the PEL; the janitor (``reclaim()``, which ``take()`` runs
   every ``claim_idle_ms / 2``) moves it with XAUTOCLAIM to a live worker after
-  ``claim_idle_ms``. A slow but alive worker can therefore see its job run twice.
+  ``claim_idle_ms``. A slow but alive worker could therefore see its job run twice, unless
+  it calls ``touch()`` now and then (the rollout worker does, every ``claim_idle_ms / 3``):
+  XCLAIM JUSTID resets the entry's idle time without counting a delivery.
 - **Idempotent results.** ``complete()`` writes ``SET result:<job_id> NX EX ttl``, XACK
   and XDEL in one MULTI/EXEC: the first completion wins, later ones are acked and return
   False, so a job run twice keeps exactly one result.

@@ -118,6 +118,23 @@ class RolloutConsumer(QueueClientBase):
                 acked, _deleted = await pipe.execute()
         return bool(acked)
 
+    async def touch(self, delivery: Delivery) -> bool:
+        """Reset the job's idle time, so the janitor leaves it with this (live) worker; the
+        delivery counter is not bumped (XCLAIM JUSTID). False: it is no longer ours."""
+        cfg = self.config
+        if delivery.entry_id not in await self._delivery_counts([delivery.entry_id]):
+            return False  # completed, or reclaimed by another worker meanwhile
+        with self._errors():
+            ids = await self._client.xclaim(
+                cfg.jobs_key,
+                cfg.group,
+                self.name,
+                min_idle_time=0,
+                message_ids=[delivery.entry_id],
+                justid=True,
+            )
+        return bool(ids)
+
     # ---- janitor -----------------------------------------------------------------------
     async def reclaim(self, count: int = 1) -> list[Delivery]:
         """Claim up to ``count`` jobs idle >= ``claim_idle_ms`` (their worker presumably died).

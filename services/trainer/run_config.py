@@ -36,7 +36,7 @@ _UNIT = {"exclusiveMinimum": 0, "maximum": 1}
 class _Strict(BaseModel):
     # A typo ("learning_rte") must fail loudly, not silently run with the default; errors
     # name the field without echoing the whole submitted config.
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, allow_inf_nan=False)
 
 
 class GRPOSettings(_Strict):
@@ -425,7 +425,7 @@ class RunConfig(_Strict):
     steps: int = Field(100, ge=1, description="Optimizer steps.")
     seed: int = Field(0, ge=0, description="Seeds sampling, data order and initialisation.")
     output_dir: str | None = Field(
-        None, description="Where checkpoints and the saved config go; the trainer picks if unset."
+        None, description="Run folder name under the trainer's runs directory (not a path)."
     )
     episode: RunEpisode = Field(
         default_factory=lambda: RunEpisode(protocol="tags"),

@@ -18,18 +18,20 @@ fails or comes back from the wrong version, so advantages are normalised per act
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
 import shutil
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import torch
+from redis.exceptions import RedisError
 
 from magsrl.clients.magnifier import MagnifierClient
 from magsrl.clients.policy import PolicyClient, PolicyError, PolicyUnavailable
@@ -40,6 +42,7 @@ from magsrl.trainer.grpo import composed_advantages
 from magsrl.trainer.limits import LimitsDisagree, RunLimits, agree, policy_limits
 from magsrl.trainer.metrics_log import MetricsLog
 from magsrl.trainer.queue import QueueConfig, RolloutQueue
+from magsrl.trainer.recovery import DependencyDown
 from magsrl.trainer.registry import publish_run, retire_run
 from magsrl.trainer.rewards import primary_reward
 from magsrl.trainer.run_config import RunConfig
@@ -65,6 +68,9 @@ class Hooks:
     on_version: Callable[[int, str | None], None]
     on_checkpoint: Callable[[int, str], None]
     cancelled: asyncio.Event
+    # Held while adapters are swapped in the policy, so no one else (runs.py reloading an
+    # adapter a restarted policy lost) sees the gap between an unload and a load.
+    publishing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def adapter_name(run_id: str, version: int) -> str | None:
@@ -206,21 +212,34 @@ class RunLoop:
         self._image_ids: dict[str, str] = {}  # sample image path -> magnifier image id
         self._base_checked = False  # the first publish checks what the policy serves
         self.validation_samples: list[Sample] = []
+        self.nonfinite_run = 0  # consecutive steps whose loss was NaN/inf
 
     # ---- policy adapters ------------------------------------------------------------------
     async def _policy(self, call: Awaitable[None], what: str) -> None:
         try:
             await call
         except PolicyUnavailable as exc:
-            raise RunFailed(f"the policy is unavailable for {what}: {exc}") from exc
+            if exc.status in (0, 502, 503, 504):
+                # Unreachable or not ready: the run pauses and resumes from its checkpoint
+                # once the policy answers again (runs.py), instead of failing for good.
+                raise DependencyDown(
+                    f"the policy is unavailable for {what}: {exc.message}"
+                ) from exc
+            raise RunFailed(f"the policy failed {what} ({exc.status}): {exc.message}") from exc
         except PolicyError as exc:
             raise RunFailed(f"the policy refused {what} ({exc.status}): {exc.message}") from exc
 
     async def _publish_version(self, version: int) -> None:
-        """Loads version ``version`` into the policy, first unloading a copy it may still
-        hold from before a trainer restart: a resumed run retrains the steps after its last
-        checkpoint, so a version the crashed process had published has other weights now
-        (one DELETE per step, a 404 in the usual case)."""
+        """Loads version ``version`` into the policy, under the lock the adapter watchdog
+        shares, so a reload after a policy restart never lands between an unload and a load."""
+        async with self.hooks.publishing:
+            await self._swap_version(version)
+
+    async def _swap_version(self, version: int) -> None:
+        """First unloads a copy the policy may still hold from before a trainer restart: a
+        resumed run retrains the steps after its last checkpoint, so a version the crashed
+        process had published has other weights now (one DELETE per step, a 404 in the
+        usual case)."""
         if not self.config.lora.enabled:
             await self._publish_weights(version)
             return
@@ -574,7 +593,9 @@ class RunLoop:
                     if schedule.needs_rescore(step):
                         await self._rescore(schedule, step, version)
                     metrics = await self._step(queue, schedule, step, version)
-                    if metrics["updated"]:
+                    if self._nonfinite(step, metrics):
+                        pass  # no update was made: the policy keeps serving this version
+                    elif metrics["updated"]:
                         version += 1
                         await asyncio.to_thread(
                             self.learner.save_adapter, self.run_dir / "adapters" / f"v{version}"
@@ -591,11 +612,32 @@ class RunLoop:
                     ):
                         await self._checkpoint(schedule, step + 1, version)
             finally:
-                await retire_run(queue._client, self.run_id)
+                with contextlib.suppress(RedisError):  # Redis away: the run pauses (runs.py)
+                    await retire_run(queue._client, self.run_id)
                 self.metrics.close()
                 await self.magnifier.close()
             await queue.purge()
         return self._finish(version)
+
+    def _nonfinite(self, step: int, metrics: dict[str, float]) -> bool:
+        """True when the step's loss was NaN/inf (the learner skipped the update); fails
+        the run after ``max_nonfinite_steps`` such steps in a row."""
+        if not metrics.get("nonfinite"):
+            self.nonfinite_run = 0
+            return False
+        self.nonfinite_run += 1
+        limit = self.settings.max_nonfinite_steps
+        if self.nonfinite_run >= limit:
+            raise RunFailed(
+                f"the loss was not finite for {limit} steps in a row (MAGSRL_MAX_NONFINITE_STEPS)"
+                ": lower grpo.learning_rate or lora.alpha, or check the rewards"
+            )
+        self.hooks.on_warning(
+            step,
+            f"step {step}: the loss or gradient norm was not finite; the update was skipped "
+            "and no adapter published",
+        )
+        return True
 
     async def _checkpoint(self, schedule: Schedule, step: int, version: int) -> None:
         folder = self.run_dir / "checkpoints"

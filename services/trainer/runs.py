@@ -16,16 +16,21 @@ from pathlib import Path
 
 import httpx
 
-from magsrl.common.errors import BadRequest, Conflict, NotFound
+from magsrl.clients.policy import PolicyClient, PolicyError
+from magsrl.common.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from magsrl.common.files import atomic_write_text
 from magsrl.proto.trainer import TERMINAL, Checkpoint, RunEvent, RunInfo, RunStatus
 from magsrl.trainer.config import TrainerSettings
+from magsrl.trainer.paths import check_size, confine, run_folder
+from magsrl.trainer.recovery import DEPENDENCY_POLL_MAX_S, dependencies_up, dependency_errors
 from magsrl.trainer.run_config import RunConfig
-from magsrl.trainer.run_loop import Hooks, RunFailed, RunLoop
+from magsrl.trainer.run_loop import Hooks, RunFailed, RunLoop, adapter_name
 from magsrl.trainer.schedule import Schedule, load_run_samples
+from magsrl.trainer.weights_sync import version_folder
 
 log = logging.getLogger("magsrl.trainer")
 RUN_ID_HEX = 3  # bytes of randomness after the run's name: <name>-<6 hex>
+ADAPTER_CHECK_S = 2.0  # how often a training run's adapter is looked for in the policy
 
 
 @dataclass
@@ -35,6 +40,7 @@ class Run:
     events: list[RunEvent] = field(default_factory=list)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    publishing: asyncio.Lock = field(default_factory=asyncio.Lock)  # see Hooks.publishing
 
     @property
     def dir(self) -> Path:
@@ -45,6 +51,10 @@ class RunManager:
     def __init__(self, settings: TrainerSettings, http: httpx.AsyncClient) -> None:
         self.settings = settings
         self.http = http
+        api_key = settings.api_key.get_secret_value() if settings.api_key else None
+        self.policy = PolicyClient(
+            settings.policy_url, api_key=api_key, timeout_s=settings.policy_timeout_s, client=http
+        )
         self.runs: dict[str, Run] = {}
         self.pending: asyncio.Queue[str] = asyncio.Queue()
         self.active: str | None = None
@@ -83,16 +93,19 @@ class RunManager:
                 await self._task
 
     # ---- API ------------------------------------------------------------------------------
-    def submit(self, config: RunConfig) -> Run:
+    async def submit(self, config: RunConfig) -> Run:
         waiting = sum(1 for r in self.runs.values() if r.info.status == "queued")
         if self.active is not None and waiting >= self.settings.max_queued_runs:
             raise Conflict(
                 f"run {self.active} is training and {waiting} runs are queued (the limit, "
                 "MAGSRL_MAX_QUEUED_RUNS); cancel one (POST /v1/runs/{id}/cancel) or wait"
             )
-        self._check_dataset(config)
         run_id = f"{config.name}-{secrets.token_hex(RUN_ID_HEX)}"
-        out = Path(config.output_dir) if config.output_dir else self.settings.runs_dir / run_id
+        out = run_folder(config.output_dir, self.settings.runs_dir, run_id)
+        # Reading a dataset takes seconds for 100k rows: off the event loop, so /health and
+        # every other request keep being answered meanwhile.
+        config = await asyncio.to_thread(self._check_dataset, config)
+        out = run_folder(config.output_dir, self.settings.runs_dir, run_id)  # taken meanwhile?
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config.to_yaml())
         info = RunInfo(
@@ -111,18 +124,36 @@ class RunManager:
         self.pending.put_nowait(run_id)
         return run
 
-    def _check_dataset(self, config: RunConfig) -> None:
-        """Refuse now, with the reason, what would only fail once the run started."""
-        if not Path(config.dataset).exists():
-            raise BadRequest(
-                f"dataset {config.dataset} does not exist on the trainer's machine; paths "
-                "are read by the trainer (`magsrl train` resolves them against the config file)",
+    def _check_dataset(self, config: RunConfig) -> RunConfig:
+        """Refuse now, with the reason, what would only fail once the run started; the
+        config comes back with the dataset's resolved path (the one that was checked)."""
+        roots = self.settings.read_roots()
+        path = confine(config.dataset, roots, "dataset")
+        check_size(path, self.settings.max_dataset_bytes, "dataset")
+        config = config.model_copy(update={"dataset": str(path)})
+        limit = self.settings.max_dataset_rows
+        # One row past the limit tells "too many" without reading the rest of the file.
+        read = min(config.max_samples or limit + 1, limit + 1)
+        probe = config.model_copy(update={"max_samples": read})
+        try:
+            samples = load_run_samples(probe)
+        except (ValueError, OSError) as exc:
+            raise BadRequest(_dataset_problem(exc, path), param="dataset") from exc
+        if len(samples) > limit:
+            raise PayloadTooLarge(
+                f"dataset has more than {limit} samples, the trainer's limit "
+                "(MAGSRL_MAX_DATASET_ROWS); set max_samples or use a smaller file",
                 param="dataset",
             )
+        samples = samples[:limit]
+        for i, sample in enumerate(samples):
+            if "://" not in sample.image:
+                confine(sample.image, roots, f"dataset row {i + 1} image")
         try:
-            Schedule(config, load_run_samples(config))
+            Schedule(config, samples)
         except (ValueError, OSError) as exc:
-            raise BadRequest(str(exc), param="dataset") from exc
+            raise BadRequest(_dataset_problem(exc, path), param="dataset") from exc
+        return config
 
     def get(self, run_id: str) -> Run:
         run = self.runs.get(run_id)
@@ -222,7 +253,7 @@ class RunManager:
             kept = [c for c in run.info.checkpoints if Path(c.path).exists()]
             run.info.checkpoints = [*kept, Checkpoint(step=step, path=path)]
 
-        return Hooks(on_step, on_warning, on_version, on_checkpoint, run.cancelled)
+        return Hooks(on_step, on_warning, on_version, on_checkpoint, run.cancelled, run.publishing)
 
     # ---- the one training slot ------------------------------------------------------------
     async def _worker(self) -> None:
@@ -233,9 +264,8 @@ class RunManager:
                 continue  # cancelled while waiting
             self.active = run_id
             self._set_status(run, "running")
-            loop = RunLoop(run_id, run.config, run.dir, self.settings, self._hooks(run), self.http)
             try:
-                final = await loop.run()
+                final = await self._train(run)
             except asyncio.CancelledError:
                 if not run.cancelled.is_set():
                     raise  # the trainer is shutting down: the run stays "running" and resumes
@@ -251,7 +281,103 @@ class RunManager:
                 self._set_status(run, "completed")
             finally:
                 self.active = None
+            # Cancelled, failed or completed: its adapters leave the policy, whose adapter
+            # limit then counts only live runs' (the final one stays on disk, loadable).
+            await self._unload(run)
             await asyncio.sleep(0)
+
+    async def _train(self, run: Run) -> dict[str, object]:
+        """The run to its end; while Redis, the policy or the magnifier is away it pauses
+        (a warning event) and resumes from its last checkpoint once they answer again."""
+        while True:
+            loop = RunLoop(
+                run.info.run_id, run.config, run.dir, self.settings, self._hooks(run), self.http
+            )
+            keeper = asyncio.create_task(self._keep_adapter_loaded(run))
+            try:
+                return await loop.run()
+            except dependency_errors() as exc:
+                if run.cancelled.is_set():
+                    raise asyncio.CancelledError from exc
+                self._hooks(run).on_warning(
+                    run.info.step,
+                    f"paused at step {run.info.step}: {exc}; the run resumes from its last "
+                    "checkpoint when the dependency answers again",
+                )
+                await self._wait_for_dependencies(run, exc)
+                self._emit(run, self._event(run, "status", status="running", message="resumed"))
+            finally:
+                keeper.cancel()
+
+    async def _keep_adapter_loaded(self, run: Run) -> None:
+        """A restarted policy has lost its adapters (or full weights), and workers cannot
+        roll out the run's version until it is loaded again: look now and then, and load it
+        back."""
+        while True:
+            await asyncio.sleep(ADAPTER_CHECK_S)
+            async with run.publishing:
+                await self._reload_if_lost(run)
+
+    async def _reload_if_lost(self, run: Run) -> None:
+        name = run.info.policy_model
+        if name is None:
+            return
+        try:
+            if name in {m.id for m in await self.policy.models()}:
+                return
+            folder = str(version_folder(run.dir, run.info.version).resolve())
+            if run.config.lora.enabled:
+                await self.policy.load_adapter(name, folder)
+            else:
+                await self.policy.load_weights(folder, name)
+            log.warning("run %s: the policy had lost %s; loaded it again", run.info.run_id, name)
+        except PolicyError as exc:  # a policy still starting: next look
+            log.info("run %s: adapter check: %s", run.info.run_id, exc.message)
+
+    async def _wait_for_dependencies(self, run: Run, cause: BaseException) -> None:
+        """Until Redis, the policy and the magnifier all answer (or the run is cancelled,
+        or they stay away past MAGSRL_DEPENDENCY_WAIT_S: then the run fails)."""
+        delay = 0.5
+        deadline = time.monotonic() + self.settings.dependency_wait_s
+        while not run.cancelled.is_set():
+            if await dependencies_up(self.settings, self.http):
+                return
+            if time.monotonic() > deadline:
+                raise RunFailed(
+                    f"paused for {self.settings.dependency_wait_s:g}s "
+                    f"(MAGSRL_DEPENDENCY_WAIT_S) and a dependency is still away: {cause}"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, DEPENDENCY_POLL_MAX_S)
+        raise asyncio.CancelledError
+
+    async def _unload(self, run: Run) -> None:
+        """A finished, failed or cancelled run gives back what it holds in the policy: its
+        adapters (the 8-adapter limit counts only live ones), or, for full fine-tuning, the
+        base model's own weights."""
+        if not run.config.lora.enabled:
+            with contextlib.suppress(PolicyError):
+                status = await self.policy.weights()
+                if status is not None and status.name == run.info.policy_model:
+                    await self.policy.reset_weights()
+            return
+        names = {run.info.policy_model}
+        if run.info.version > 1:
+            names.add(adapter_name(run.info.run_id, run.info.version - 1))
+        for name in sorted(n for n in names if n):
+            try:
+                await self.policy.unload_adapter(name, missing_ok=True)
+            except PolicyError as exc:
+                log.warning("run %s: could not unload %s: %s", run.info.run_id, name, exc.message)
+
+
+def _dataset_problem(exc: Exception, path: Path) -> str:
+    """A loader's message, cut to its first line: the loaders name the file and row, and
+    a row's content stays out of it (detect_kind quotes a first row's keys)."""
+    message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    if "first row has keys" in message:
+        return f"cannot tell which dataset {path} is; pass dataset_kind"
+    return message
 
 
 def events_as_sse(event: RunEvent) -> str:

@@ -15,9 +15,11 @@ import logging
 import os
 import socket
 import time
+from pathlib import Path
 
 import redis.asyncio as aioredis
 from pydantic import SecretStr
+from redis.exceptions import RedisError
 
 from magsrl.clients.magnifier import MagnifierClient, MagnifierError, MagnifierUnavailable
 from magsrl.clients.policy import PolicyClient, PolicyError
@@ -45,6 +47,7 @@ from magsrl.zoom.loop import LoopOptions, ZoomLoop
 
 log = logging.getLogger("magsrl.worker")
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+DEPENDENCY_RETRY_S = 0.5  # first wait before a job whose dependency was down is retried
 
 
 class DependencyDown(Exception):
@@ -86,6 +89,17 @@ def remote_policy(
     )
 
 
+# A dependency is down: the job is retried, not reported as a failed rollout.
+DEPENDENCY_ERRORS = (
+    DependencyDown,
+    MagnifierUnavailable,
+    ServiceUnavailable,
+    UnknownModel,
+    QueueError,
+    OSError,
+)
+
+
 async def run_job(
     job: RolloutJob,
     policy: RemotePolicy,
@@ -99,9 +113,7 @@ async def run_job(
     (``served``), the same loop. Failures become a result with ``error`` set (and no
     tokens), so the learner sees the job finished rather than waiting for it forever."""
     started = time.perf_counter()
-    data = await magnifier.get_image(job.image_id)
-    if data is None:
-        raise MagnifierError(404, f"image {job.image_id} is no longer in the magnifier")
+    data = await magnifier.get_image(job.image_id) or await reupload(job, magnifier)
     policy.set_frame(job.frame_min_pixels, job.frame_max_pixels)
     # Decoded straight to the model's view, as /answer does: a 12 MP photo travels to the
     # policy and back to the learner at the engine's pixel budget, not at full size.
@@ -161,6 +173,30 @@ async def run_job(
         elapsed_ms=(time.perf_counter() - started) * 1000,
         **episode_stats(outcome, image.size),
     )
+
+
+async def reupload(job: RolloutJob, magnifier: MagnifierClient) -> bytes:
+    """The job's image, uploaded again from the sample's file: a restarted magnifier has
+    lost its cache. A worker that cannot read the file leaves the job for a retry."""
+    path = Path(job.sample.image)
+    try:
+        data = await asyncio.to_thread(path.read_bytes)
+    except OSError as exc:
+        raise DependencyDown(
+            f"image {job.image_id} is no longer in the magnifier and {path} is not readable "
+            "here; the job is retried"
+        ) from exc
+    info = await magnifier.upload(data)
+    if info.image_id != job.image_id:
+        raise MagnifierError(409, f"{path} changed since the trainer uploaded it")
+    return data
+
+
+def superseded(job: RolloutJob, served: list[str]) -> bool:
+    """True when the policy serves a newer version of the job's run than the job's."""
+    prefix = f"{job.run_id}-v"
+    versions = [n.removeprefix(prefix) for n in served if n.startswith(prefix)]
+    return any(v.isdigit() and int(v) > job.version for v in versions)
 
 
 def identity(job: RolloutJob, worker: str) -> dict[str, object]:
@@ -258,35 +294,20 @@ class RolloutWorker:
             log.error("dropping a malformed job %s: %s", delivery.job_id, exc)
             await consumer.ack(delivery)
             return
-        problem = job_disagreement(self.settings, job)
+        # A live worker's job is never presumed lost, however slow the rollout: only a dead
+        # worker's goes idle for job_timeout_s and is reclaimed (no rollout runs twice).
+        heartbeat = asyncio.create_task(self._heartbeat(consumer, delivery))
         try:
-            if problem is not None:
-                raise ValueError(problem)
-            assert self.policy is not None  # run() connects before taking jobs
-            result = await run_job(
-                job,
-                self.policy,
-                self.magnifier,
-                self.name,
-                self.served,
-                self.settings.max_image_pixels,
-            )
-        except (
-            DependencyDown,
-            MagnifierUnavailable,
-            ServiceUnavailable,
-            UnknownModel,
-            QueueError,
-            OSError,
-        ) as exc:
-            # A dependency is down: leave the job un-acked, so the janitor hands it out
-            # again (to this or another worker) once things are back.
-            log.warning("job %s not done, will be retried: %s", job.job_id, exc)
+            result = await self._run_holding(consumer, delivery, job, started)
+        finally:
+            heartbeat.cancel()
+        if result is None:
             return
-        except Exception as exc:  # the rollout itself failed: report it, do not retry forever
-            log.exception("job %s failed", job.job_id)
-            result = failed_result(job, self.name, f"{exc.__class__.__name__}: {exc}", started)
-        first = await consumer.complete(delivery, result)
+        try:
+            first = await consumer.complete(delivery, result)
+        except QueueError as exc:  # Redis away: the job stays pending and is redone
+            log.warning("job %s: result not stored, will be redone: %s", job.job_id, exc)
+            return
         self.done += 1
         log.info(
             "job %s done in %.0f ms (reward %.3f)%s",
@@ -296,10 +317,73 @@ class RolloutWorker:
             "" if first else " (duplicate; first result kept)",
         )
 
+    async def _superseded(self, job: RolloutJob) -> bool:
+        await self.policy.ready()  # the model list, fresh: the cached one predates the 404
+        return superseded(job, self.policy.model_names())
+
+    async def _heartbeat(self, consumer: RolloutConsumer, delivery: Delivery) -> None:
+        while True:
+            await asyncio.sleep(consumer.config.claim_idle_ms / 3000)
+            try:
+                if not await consumer.touch(delivery):
+                    return  # done, or reclaimed by another worker
+            except QueueError:
+                pass  # Redis away: try again next beat
+
+    async def _run_holding(
+        self, consumer: RolloutConsumer, delivery: Delivery, job: RolloutJob, started: float
+    ) -> RolloutResult | None:
+        """The job's result; while a dependency is down, the job is retried here with
+        backoff and kept fresh in the queue (``touch``), so an outage does not use up its
+        deliveries and dead-letter it. None: left un-acked for a later delivery."""
+        problem = job_disagreement(self.settings, job)
+        if problem is not None:  # the worker was started for another engine: no retry helps
+            return failed_result(job, self.name, f"ValueError: {problem}", started)
+        delay = DEPENDENCY_RETRY_S
+        deadline = time.monotonic() + self.settings.dependency_wait_s
+        while True:
+            try:
+                assert self.policy is not None  # run() connects before taking jobs
+                return await run_job(
+                    job,
+                    self.policy,
+                    self.magnifier,
+                    self.name,
+                    self.served,
+                    self.settings.max_image_pixels,
+                )
+            except DEPENDENCY_ERRORS as exc:
+                if isinstance(exc, UnknownModel) and await self._superseded(job):
+                    # A leftover of a finished step (a resumed step enqueued it again): its
+                    # version is gone for good, and the learner would drop its result.
+                    log.info("job %s dropped: version %d superseded", job.job_id, job.version)
+                    with contextlib.suppress(QueueError):
+                        await consumer.ack(delivery)
+                    return None
+                log.warning("job %s waits for a dependency: %s", job.job_id, exc)
+                if self.stopping.is_set() or time.monotonic() > deadline:
+                    return None
+            except Exception as exc:  # the rollout itself failed: report it, no retry
+                log.exception("job %s failed", job.job_id)
+                return failed_result(job, self.name, f"{exc.__class__.__name__}: {exc}", started)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, consumer.config.claim_idle_ms / 3000)
+            try:
+                if not await consumer.touch(delivery):
+                    return None  # reclaimed by another worker, or done
+            except QueueError:
+                return None
+
     async def _take_loop(self) -> None:
         tasks: set[asyncio.Task[None]] = set()
         while not self.stopping.is_set():
-            consumers = await self._consumers()
+            try:
+                consumers = await self._consumers()
+            except (RedisError, QueueError) as exc:
+                # Redis away (restarting): keep the worker, look again shortly.
+                log.warning("redis at %s: %s; retrying", self.settings.redis_url, exc)
+                await asyncio.sleep(self.settings.worker_poll_s * 4)
+                continue
             took = False
             for consumer in consumers:
                 free = self.settings.worker_concurrency - len(tasks)
@@ -309,6 +393,8 @@ class RolloutWorker:
                     deliveries = await consumer.take(count=free, block_ms=0)
                 except QueueError as exc:
                     log.warning("run %s: %s", consumer.config.run_id, exc)
+                    # Made again next pass, group included (a Redis that restarted empty).
+                    self.consumers.pop(consumer.config.run_id, None)
                     continue
                 for delivery in deliveries:
                     took = True

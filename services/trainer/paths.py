@@ -1,0 +1,96 @@
+"""Where a run may read and write: confined file access for the trainer.
+
+A run's outputs go only under the trainer's runs directory (``output_dir`` names a
+subfolder, never a path); its dataset, curriculum and images are read only from the data
+roots (``MAGSRL_DATA_ROOTS``) and the runs directory, checked after resolving symlinks.
+A path outside the roots gets one message whatever exists there, so the API is no oracle
+for the trainer's file system. Plain Python: ``runs.py`` calls it, the HTTP layer renders
+the errors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from magsrl.common.errors import BadRequest, Conflict, PayloadTooLarge
+
+# Longer than any real path (Linux PATH_MAX is 4096); longer ones are refused before any
+# system call sees them.
+MAX_PATH_CHARS = 4096
+# A subfolder of the runs directory: one name, no separators, no dot-dot.
+RUN_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def _roots_text(roots: Sequence[Path]) -> str:
+    return ", ".join(str(r) for r in roots)
+
+
+def confine(value: str, roots: Sequence[Path], param: str) -> Path:
+    """``value`` resolved (symlinks followed) if it lies under one of ``roots``.
+
+    Outside them, or unreadable, or not a plain file or folder, the error is the same, so
+    the message tells nothing about what exists outside the roots.
+    """
+    refused = BadRequest(
+        f"{param} must name a readable file or folder under the trainer's data roots "
+        f"({_roots_text(roots)}); set MAGSRL_DATA_ROOTS on the trainer to allow another",
+        param=param,
+    )
+    if len(value) > MAX_PATH_CHARS or "\x00" in value:
+        raise refused
+    resolved = Path(os.path.realpath(value))
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise refused
+    try:
+        mode = resolved.stat().st_mode
+    except OSError:
+        mode = 0
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) or not os.access(resolved, os.R_OK):
+        # Inside the roots the trainer's operator owns the tree: naming the miss is fine.
+        raise BadRequest(
+            f"{param} {value} does not exist (or is not a readable file or folder) on the "
+            "trainer's machine; paths are read by the trainer (`magsrl train` resolves them "
+            "against the config file)",
+            param=param,
+        )
+    return resolved
+
+
+def check_size(path: Path, max_bytes: int, param: str) -> None:
+    """A 413 naming the limit for a file over ``max_bytes`` (folders: their loader bounds)."""
+    if path.is_file() and (size := path.stat().st_size) > max_bytes:
+        raise PayloadTooLarge(
+            f"{param} is {size} bytes, over the trainer's limit of {max_bytes} "
+            "(MAGSRL_MAX_DATASET_BYTES)",
+            param=param,
+        )
+
+
+def run_folder(output_dir: str | None, runs_dir: Path, run_id: str) -> Path:
+    """The run's folder: ``runs_dir/<output_dir or run_id>``, which must not hold a run yet."""
+    if output_dir is None:
+        return runs_dir / run_id
+    if len(output_dir) > MAX_PATH_CHARS or not RUN_FOLDER.match(output_dir):
+        raise BadRequest(
+            "output_dir names a subfolder of the trainer's runs directory: 1-128 letters, "
+            "digits, '_', '-' or '.', starting with a letter or digit (no '/', no '..'); "
+            "leave it out to use the run id",
+            param="output_dir",
+        )
+    folder = runs_dir / output_dir
+    resolved = Path(os.path.realpath(folder))
+    if not resolved.is_relative_to(Path(os.path.realpath(runs_dir))) or resolved.is_file():
+        raise BadRequest(
+            f"output_dir {output_dir!r} is not a folder under the runs directory",
+            param="output_dir",
+        )
+    if resolved.is_dir() and any(resolved.iterdir()):
+        raise Conflict(
+            f"output_dir {output_dir!r} already holds a run; pick another name",
+            param="output_dir",
+        )
+    return folder
