@@ -89,7 +89,7 @@ class EpisodeOptions(BaseModel):
     protocol: Protocol | None = Field(
         None,
         description="A zoom protocol of GET /v1/protocols (tags, tools, deepeyes, mini_o3, "
-        "mgpo, qwen3_vl_thinking) or auto (by the model's name); the policy's "
+        "mgpo, qwen3_vl_thinking, chain_of_focus) or auto (by the model's name); the policy's "
         "zoom_protocol when unset.",
     )
     max_zooms_per_round: int | None = Field(

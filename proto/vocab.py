@@ -28,12 +28,13 @@ Protocol = Literal[
     "mini_o3",
     "mgpo",
     "qwen3_vl_thinking",
+    "chain_of_focus",
 ]
 """How the model asks for a zoom and hears back: an entry of the zoom core's protocol
 registry (``magsrl.zoom.protocols``, ``GET /v1/protocols``). magsrl_tags (alias tags): Mags-RL
 ``<think>/<zoom>/<rethink>/<answer>``; magsrl_tools (alias tools): Hermes tool calls to
-``zoom``; deepeyes, mini_o3, mgpo, qwen3_vl_thinking: those checkpoints' own formats;
-auto: chosen from the model's name (docs/protocols.md)."""
+``zoom``; deepeyes, mini_o3, mgpo, qwen3_vl_thinking, chain_of_focus: those checkpoints'
+own formats; auto: chosen from the model's name (docs/protocols.md)."""
 
 CropPlacement = Literal["tool", "user"]
 """Where crops go back to the model: in the tool message, or in a following user message

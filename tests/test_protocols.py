@@ -19,6 +19,7 @@ from magsrl.zoom.families import QWEN2_5_VL, QWEN3_VL, resized_size
 from magsrl.zoom.loop import LoopOptions, LoopOutcome, ZoomLoop
 from magsrl.zoom.protocols import (
     PROTOCOLS,
+    chain_of_focus,
     deepeyes,
     get_protocol,
     mgpo,
@@ -72,6 +73,7 @@ def test_registry_names_aliases_and_auto() -> None:
         "mini_o3",
         "mgpo",
         "qwen3_vl_thinking",
+        "chain_of_focus",
     }
     assert get_protocol("tags") is PROTOCOLS["magsrl_tags"]
     assert get_protocol("tools") is PROTOCOLS["magsrl_tools"]
@@ -88,6 +90,7 @@ def test_registry_names_aliases_and_auto() -> None:
         pytest.param("/ckpt/mgpo-qwen2.5-vl-7b", "mgpo", id="mgpo-path"),
         pytest.param("Qwen/Qwen3-VL-8B-Thinking", "qwen3_vl_thinking", id="qwen3-vl-thinking"),
         pytest.param("Qwen/Qwen3-VL-8B-Instruct", "magsrl_tags", id="qwen3-vl-instruct"),
+        pytest.param("/ckpt/Chain-of-Focus-7B", "chain_of_focus", id="chain-of-focus"),
         pytest.param("Qwen/Qwen2.5-VL-7B-Instruct", "magsrl_tags", id="unknown"),
     ],
 )
@@ -380,6 +383,56 @@ def test_qwen3_vl_thinking_zooms_in_0_1000_of_the_image_it_names() -> None:
     turns = outcome.messages[1:]
     assert turns[0] == {"role": "assistant", "content": replies[0]}
     assert turns[1]["role"] == "tool" and turns[1]["content"][0]["type"] == "image"
+
+
+# ---- Chain-of-Focus ---------------------------------------------------------------------
+
+COF_USER_PROMPT = (
+    "\nThink in the mind first, and then decide whether to call tools one or more times OR "
+    "provide final answer. Format strictly as: <think>...</think> <tool_call>...</tool_call> "
+    "<tool_call>...</tool_call> (if any tools needed) OR <answer>...</answer> (if no tools "
+    "needed)."
+)
+
+
+def cof_pixels(bbox: list[float], w: int, h: int, enlarge: float = 1.5) -> list[int]:
+    """find_absolute_bboxes with enlarge_factor, re-stated."""
+    x0, y0, x1, y1 = bbox
+    cx, cy, bw, bh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * enlarge, (y1 - y0) * enlarge
+    x0, y0 = max(0, cx - bw / 2), max(0, cy - bh / 2)
+    x1, y1 = min(w, cx + bw / 2), min(h, cy + bh / 2)
+    return [int(x0), int(y0), int(x1), int(y1)]
+
+
+def test_chain_of_focus_enlarges_the_box_and_repeats_the_instruction() -> None:
+    """Pins Chain-of-Focus' format: image_zoom_in_tool in pixels of its resized frame,
+    the box grown 1.5x about its centre and clipped as find_absolute_bboxes does, only the
+    first call read, the crop in a user turn followed by USER_PROMPT, the question as
+    "Question: …" + USER_PROMPT, and 6 turns at most."""
+    image = scene((672, 476))  # multiples of 28 within 112²-3840²: the frame is the image
+    box = [448, 300, 640, 460]  # near the corner: the enlarged box is clipped
+    call = json.dumps({"name": "image_zoom_in_tool", "arguments": {"bbox_2d": box}})
+    other = json.dumps({"name": "image_zoom_in_tool", "arguments": {"bbox_2d": [0, 0, 56, 56]}})
+    turn = (
+        f"<think>On the sign.</think> <tool_call>{call}</tool_call> <tool_call>{other}</tool_call>"
+    )
+    outcome, engine, magnifier = replay(
+        image, [turn, "<think>Red.</think> <answer>red</answer>"], protocol="chain_of_focus"
+    )
+    expected = cof_pixels(box, 672, 476)
+    got = magnifier.calls[0].boxes
+    assert len(got) == 1  # the eval reads the first call only
+    assert all(abs(a - b) <= 1 for a, b in zip(got[0], expected, strict=True)), (got, expected)
+    assert outcome.answer == "red"
+    first = engine.requests[0].messages
+    assert first[0]["content"] == chain_of_focus.SYSTEM_PROMPT
+    question = first[1]["content"][1]["text"]
+    assert question == f"Question: What colour is the sign?{COF_USER_PROMPT}"
+    reply = outcome.messages[-1]
+    assert reply["role"] == "user"
+    assert [p["type"] for p in reply["content"]] == ["image", "text"]
+    assert reply["content"][1]["text"] == COF_USER_PROMPT
+    assert chain_of_focus.PROTOCOL.max_rounds == 6
 
 
 # ---- magsrl's own entries -------------------------------------------------------------

@@ -138,6 +138,7 @@ def test_protocols_route_lists_the_registry(app: Swapped) -> None:
         "mini_o3",
         "mgpo",
         "qwen3_vl_thinking",
+        "chain_of_focus",
     }
     assert by_name["deepeyes"]["tool_name"] == "image_zoom_in_tool"
     assert by_name["mini_o3"]["coordinates"] == "norm1"

@@ -73,8 +73,8 @@ def register(sub: Any) -> None:
         action="append",
         default=None,
         help="a zoom protocol (GET /v1/protocols: tags, tools, deepeyes, mini_o3, mgpo, "
-        "qwen3_vl_thinking) or auto (default: the policy's; with --openai: tags); once per "
-        "--policy to compare checkpoints each in its own protocol",
+        "qwen3_vl_thinking, chain_of_focus) or auto (default: the policy's; with --openai: "
+        "tags); once per --policy to compare checkpoints each in its own protocol",
     )
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument(

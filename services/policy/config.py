@@ -100,7 +100,7 @@ class PolicySettings(ServiceSettings):
         "tags",
         description="The zoom protocol served when a request names none: tags (Mags-RL "
         "<think>/<zoom>/<rethink>/<answer>), tools (Hermes calls to zoom), deepeyes, "
-        "mini_o3, mgpo, qwen3_vl_thinking, or auto (by the model's name); "
+        "mini_o3, mgpo, qwen3_vl_thinking, chain_of_focus, or auto (by the model's name); "
         "GET /v1/protocols lists them. "
         "(MAGSRL_ZOOM_PROTOCOL)",
     )

@@ -1,5 +1,6 @@
 """The zoom protocols magsrl speaks, as a registry of data: magsrl's own two (tags and Hermes
-tool calls) and the peers' (DeepEyes, Mini-o3, MGPO, Qwen3-VL Thinking), one module each.
+tool calls) and the peers' (DeepEyes, Mini-o3, MGPO, Qwen3-VL Thinking, Chain-of-Focus), one
+module each.
 ``get_protocol`` takes a name or an alias; ``resolve_protocol`` also takes ``auto`` and
 picks by the model's name (the rule is in docs/protocols.md).
 
@@ -13,6 +14,7 @@ import fnmatch
 from collections.abc import Iterable
 
 from magsrl.zoom.protocols import (
+    chain_of_focus,
     deepeyes,
     magsrl_tags,
     magsrl_tools,
@@ -41,6 +43,7 @@ PROTOCOLS: dict[str, ZoomProtocol] = {
         mini_o3.PROTOCOL,
         mgpo.PROTOCOL,
         qwen3_vl_thinking.PROTOCOL,
+        chain_of_focus.PROTOCOL,
     )
 }
 _ALIASES: dict[str, str] = {a: p.name for p in PROTOCOLS.values() for a in p.aliases}
