@@ -25,7 +25,7 @@ from magsrl.proto.vocab import (
     ZoomMode,
 )
 
-MAX_ROUNDS_LIMIT = 8
+MAX_ROUNDS_LIMIT = 12  # Mini-o3 answers within 12 turns at test time
 MAX_ZOOMS_PER_ROUND = 16
 MIN_CROP_PIXELS = 64 * 64
 DEFAULT_CROP_PIXELS = 512 * 512
@@ -80,10 +80,17 @@ class EpisodeOptions(BaseModel):
         "sr", description="How the magnifier enlarges crops: the paper's ablation."
     )
     max_rounds: int = Field(
-        2, ge=1, le=MAX_ROUNDS_LIMIT, description="Model turns, the answering turn included."
+        2,
+        ge=1,
+        le=MAX_ROUNDS_LIMIT,
+        description="Model turns, the answering turn included; when left unset, the "
+        "protocol's own turn limit (2 for magsrl's, 5 DeepEyes, 12 Mini-o3).",
     )
     protocol: Protocol | None = Field(
-        None, description="tags or tools; the policy's zoom_protocol when unset."
+        None,
+        description="A zoom protocol of GET /v1/protocols (tags, tools, deepeyes, mini_o3, "
+        "mgpo, qwen3_vl_thinking, chain_of_focus) or auto (by the model's name); the policy's "
+        "zoom_protocol when unset.",
     )
     max_zooms_per_round: int | None = Field(
         None, ge=1, le=MAX_ZOOMS_PER_ROUND, description="The policy's when unset."
@@ -126,6 +133,8 @@ class EpisodeOptions(BaseModel):
     def episode_options(self) -> EpisodeOptions:
         """Only the episode's own fields, from a model that embeds them (an AnswerRequest,
         a RolloutJob)."""
+        # exclude_unset: which fields the caller left unset still shows (max_rounds then
+        # takes the protocol's turn limit).
         return EpisodeOptions.model_validate(
-            self.model_dump(include=set(EpisodeOptions.model_fields))
+            self.model_dump(include=set(EpisodeOptions.model_fields), exclude_unset=True)
         )

@@ -18,12 +18,30 @@ ZoomMode = Literal["auto", "off", "force"]
 UpscaleMethod = Literal["sr", "bicubic", "crop"]
 """How the magnifier enlarges a crop: super-resolution, bicubic, or the plain crop."""
 
-Protocol = Literal["tags", "tools"]
-"""tags: Mags-RL ``<think>/<zoom>/<rethink>/<answer>``; tools: Hermes tool calls to ``zoom``."""
+Protocol = Literal[
+    "auto",
+    "tags",
+    "tools",
+    "magsrl_tags",
+    "magsrl_tools",
+    "deepeyes",
+    "mini_o3",
+    "mgpo",
+    "qwen3_vl_thinking",
+    "chain_of_focus",
+]
+"""How the model asks for a zoom and hears back: an entry of the zoom core's protocol
+registry (``magsrl.zoom.protocols``, ``GET /v1/protocols``). magsrl_tags (alias tags): Mags-RL
+``<think>/<zoom>/<rethink>/<answer>``; magsrl_tools (alias tools): Hermes tool calls to
+``zoom``; deepeyes, mini_o3, mgpo, qwen3_vl_thinking, chain_of_focus: those checkpoints'
+own formats; auto: chosen from the model's name (docs/protocols.md)."""
 
 CropPlacement = Literal["tool", "user"]
 """Where crops go back to the model: in the tool message, or in a following user message
 (for templates that cannot render images in tool messages)."""
+
+ProtocolCrops = Literal["tool", "user", "served"]
+"""Where a protocol puts crops (``GET /v1/protocols``): served means the policy's crop_in."""
 
 MagnifierDown = Literal["error", "continue"]
 """When the magnifier is unreachable: fail (503), or answer without zooming."""

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magsrl.proto.vocab import UPSCALE_METHODS, ZOOM_MODES
+from magsrl.proto.vocab import PROTOCOLS, UPSCALE_METHODS, ZOOM_MODES
 
 if TYPE_CHECKING:
     from magsrl.proto.policy import AnswerResponse
@@ -41,7 +41,13 @@ def register(sub: Any) -> None:
         help="how crops are enlarged (default: %(default)s)",
     )
     parser.add_argument(
-        "--max-rounds", type=int, default=2, help="rounds per answer (default: %(default)s)"
+        "--max-rounds", type=int, default=None, help="default: the protocol's turn limit"
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=None,
+        help="the zoom protocol (GET /v1/protocols); default: the policy's",
     )
     parser.add_argument("--model", default=None, help="an adapter name")
     parser.add_argument("--json", action="store_true", help="print the raw response")
@@ -61,8 +67,11 @@ def run(args: argparse.Namespace) -> int:
         "question": args.question,
         "zoom": args.zoom,
         "upscale": args.upscale,
-        "max_rounds": str(args.max_rounds),
     }
+    if args.max_rounds:
+        data["max_rounds"] = str(args.max_rounds)
+    if args.protocol:
+        data["protocol"] = args.protocol
     if args.options:
         data["options"] = json.dumps(args.options)
     if args.model:

@@ -3,6 +3,11 @@
 
 Writes DIR/results.jsonl (one line per sample and arm, appended as each lands: rerunning
 the same command resumes), DIR/report.json, DIR/report.md and DIR/accuracy.png.
+
+Side by side: ``--policy URL1 --policy URL2`` (and ``--protocol P1 --protocol P2``, one per
+policy; or one policy with several protocols) runs the same seeded samples through each,
+each into DIR/<label>/, and DIR's report compares every policy/arm pair with the same
+statistics as the arms (magsrl.eval.side_by_side).
 """
 
 from __future__ import annotations
@@ -49,7 +54,12 @@ def register(sub: Any) -> None:
     parser.add_argument("--split", default=None, help="a split or category, where it has them")
     parser.add_argument("--fresh", action="store_true", help="start over (old results kept aside)")
     target = parser.add_argument_group("what answers (default: the policy service)")
-    target.add_argument("--policy", default=None, help="policy URL (default: MAGSRL_POLICY_URL)")
+    target.add_argument(
+        "--policy",
+        action="append",
+        default=None,
+        help="policy URL (default: MAGSRL_POLICY_URL); repeat it to compare policies",
+    )
     target.add_argument(
         "--openai",
         default=None,
@@ -64,12 +74,15 @@ def register(sub: Any) -> None:
     target.add_argument(
         "--protocol",
         choices=PROTOCOLS,
+        action="append",
         default=None,
-        help="tags or tools (default: the policy's; with --openai: tags)",
+        help="a zoom protocol (GET /v1/protocols: tags, tools, deepeyes, mini_o3, mgpo, "
+        "qwen3_vl_thinking, chain_of_focus) or auto (default: the policy's; with --openai: "
+        "tags); once per --policy to compare checkpoints each in its own protocol",
     )
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument(
-        "--max-rounds", type=int, default=2, help="rounds per answer (default: %(default)s)"
+        "--max-rounds", type=int, default=None, help="default: the protocol's turn limit"
     )
     sampling.add_argument(
         "--temperature", type=float, default=0.0, help="0 is greedy (default: %(default)s)"
@@ -91,41 +104,54 @@ def default_out(dataset: str) -> Path:
     return Path(f"eval-{name}")
 
 
+def _config(
+    args: argparse.Namespace, settings: Any, policy_url: str, protocol: str | None, out: Path
+) -> Any:
+    from magsrl.eval.arms import parse_arms
+    from magsrl.eval.config import EvalConfig
+
+    return EvalConfig(
+        dataset=args.dataset,
+        kind=args.kind,
+        split=args.split,
+        arms=parse_arms(args.arms),
+        limit=args.limit,
+        seed=args.seed,
+        concurrency=args.concurrency,
+        out=out,
+        backend="openai" if args.openai else "policy",
+        policy_url=policy_url,
+        openai_url=args.openai,
+        openai_api_key=os.environ.get("OPENAI_API_KEY") or None,
+        magnifier_url=args.magnifier or settings.magnifier_url,
+        api_key=settings.api_key,
+        model=args.model,
+        **({"protocol": protocol} if protocol else {}),
+        **({"max_rounds": args.max_rounds} if args.max_rounds else {}),
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        synthetic_size=args.synthetic_size,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
     from rich.console import Console
 
     from magsrl.common.errors import validation_message
-    from magsrl.eval.arms import parse_arms
-    from magsrl.eval.config import EvalConfig, EvalSettings
+    from magsrl.eval.config import EvalSettings
     from magsrl.eval.results import ResultsConflict, check_manifest
     from magsrl.eval.samples import load_samples
 
     console = Console()
     settings = EvalSettings()
+    urls: list[str] = args.policy or [settings.policy_url]
+    protocols: list[str] = args.protocol or []
+    out = args.out or default_out(args.dataset)
+    if not args.openai and (len(urls) > 1 or len(protocols) > 1):
+        return _run_side_by_side(args, settings, urls, protocols, out, console)
     try:
-        config = EvalConfig(
-            dataset=args.dataset,
-            kind=args.kind,
-            split=args.split,
-            arms=parse_arms(args.arms),
-            limit=args.limit,
-            seed=args.seed,
-            concurrency=args.concurrency,
-            out=args.out or default_out(args.dataset),
-            backend="openai" if args.openai else "policy",
-            policy_url=args.policy or settings.policy_url,
-            openai_url=args.openai,
-            openai_api_key=os.environ.get("OPENAI_API_KEY") or None,
-            magnifier_url=args.magnifier or settings.magnifier_url,
-            api_key=settings.api_key,
-            model=args.model,
-            **({"protocol": args.protocol} if args.protocol else {}),
-            max_rounds=args.max_rounds,
-            temperature=args.temperature,
-            max_tokens=args.max_tokens,
-            synthetic_size=args.synthetic_size,
-        )
+        config = _config(args, settings, urls[-1], protocols[-1] if protocols else None, out)
         config.check()
         check_manifest(config.out, config, fresh=args.fresh)
         samples, kind = load_samples(config, settings.synthetic_n)
@@ -210,6 +236,110 @@ async def _evaluate(config: Any, settings: Any, samples: list[Any], kind: str, c
             f"[yellow]stopped early: {summary.stopped}\nthe report covers what finished; "
             "run the same command to resume"
         )
+        return 1
+    return 0
+
+
+def _run_side_by_side(
+    args: argparse.Namespace,
+    settings: Any,
+    urls: list[str],
+    protocols: list[str],
+    out: Path,
+    console: Any,
+) -> int:
+    from pydantic import ValidationError
+
+    from magsrl.common.errors import validation_message
+    from magsrl.eval.results import ResultsConflict, check_manifest
+    from magsrl.eval.samples import load_samples
+    from magsrl.eval.side_by_side import contenders
+
+    if len(urls) == 1:  # one policy, several protocols: the protocol ablation
+        urls = urls * len(protocols)
+    try:
+        runs = []
+        for c in contenders(urls, protocols):
+            config = _config(args, settings, c.policy_url, c.protocol, out / c.label)
+            config.check()
+            check_manifest(config.out, config, fresh=args.fresh)
+            runs.append((c.label, config))
+        # The same seed and dataset draw the same samples for every contender.
+        samples, kind = load_samples(runs[0][1], settings.synthetic_n)
+    except ValidationError as exc:
+        console.print(f"[red]{validation_message(exc.errors())[0]}")
+        return 2
+    except (ValueError, OSError, ResultsConflict) as exc:
+        console.print(f"[red]{exc}")
+        return 2
+    return asyncio.run(_evaluate_side_by_side(runs, settings, samples, kind, out, console))
+
+
+async def _evaluate_side_by_side(
+    runs: list[tuple[str, Any]],
+    settings: Any,
+    samples: list[Any],
+    kind: str,
+    out: Path,
+    console: Any,
+) -> int:
+    from magsrl.eval.backends import BackendDown, make_backend
+    from magsrl.eval.report import build_report, write_report
+    from magsrl.eval.runner import run_eval
+    from magsrl.eval.side_by_side import relabel
+
+    arms: list[Any] = []
+    records: list[Any] = []
+    described: dict[str, str] = {}
+    elapsed, stopped = 0.0, []
+    total: float | None = 0.0  # every run of every contender, resumed ones included
+    resumed = 1
+    for label, config in runs:
+        backend = make_backend(config, settings)
+        try:
+            try:
+                about = await backend.describe()
+            except BackendDown as exc:
+                console.print(f"[red]{label}: {exc}")
+                return 1
+            console.print(f"{label}: {config.policy_url}")
+            summary = await run_eval(samples, config, settings, backend, kind)
+        finally:
+            await backend.close()
+        named, renamed = relabel(label, config.arms, summary.records.values())
+        arms += named
+        records += renamed
+        described.update({f"{label}.{k}": str(v) for k, v in about.items()})
+        elapsed += summary.elapsed_s
+        total = (
+            None
+            if total is None or summary.total_elapsed_s is None
+            else (total + summary.total_elapsed_s)
+        )
+        resumed = max(resumed, summary.runs)
+        if summary.stopped:
+            stopped.append(f"{label}: {summary.stopped}")
+    first = runs[0][1]
+    report = build_report(
+        records,
+        arms,
+        [s.id for s in samples],
+        dataset=first.dataset,
+        dataset_kind=kind,
+        seed=first.seed,
+        limit=first.limit,
+        backend=described,
+        confidence=settings.confidence,
+        resamples=settings.bootstrap_resamples,
+        elapsed_s=elapsed,
+        total_elapsed_s=total,
+        runs=resumed,
+    )
+    paths = write_report(report, out)
+    _print_summary(console, report)
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+    if stopped:
+        console.print("[yellow]stopped early: " + "; ".join(stopped))
         return 1
     return 0
 

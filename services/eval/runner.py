@@ -212,6 +212,8 @@ def request_for(
     sample: Sample, arm: ArmSpec, image: ImageInfo, config: EvalConfig
 ) -> AnswerRequest:
     episode = config.episode.model_dump(exclude_none=True)
+    if "max_rounds" not in config.episode.model_fields_set:
+        episode.pop("max_rounds")  # unset: the protocol's own turn limit
     episode.update(zoom=arm.zoom, upscale=arm.upscale, seed=config.episode.seed or config.seed)
     return AnswerRequest(
         **episode,

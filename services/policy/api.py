@@ -37,8 +37,11 @@ from magsrl.proto.policy import (
     PolicyInfo,
     WeightsStatus,
 )
-from magsrl.proto.vocab import UPSCALE_METHODS, ZOOM_MODES
+from magsrl.proto.protocols import ProtocolList
+from magsrl.proto.vocab import PROTOCOLS, UPSCALE_METHODS, ZOOM_MODES
 from magsrl.zoom.engine import Engine
+from magsrl.zoom.protocols import PROTOCOLS as PROTOCOL_REGISTRY
+from magsrl.zoom.protocols import resolve_protocol
 
 router = APIRouter()
 
@@ -80,6 +83,7 @@ _ANSWER_DOC: dict[str, Any] = {
                         "zoom": {"type": "string", "enum": list(ZOOM_MODES)},
                         "upscale": {"type": "string", "enum": list(UPSCALE_METHODS)},
                         "max_rounds": {"type": "integer"},
+                        "protocol": {"type": "string", "enum": list(PROTOCOLS)},
                     },
                 }
             },
@@ -173,6 +177,17 @@ async def policy_info(engine: EngineDep, service: AnswerDep) -> PolicyInfo:
         served=service.served,
         adapters=names[1:],
     )
+
+
+@router.get(
+    "/v1/protocols",
+    response_model=ProtocolList,
+    tags=["zoom"],
+    summary="The zoom protocols this policy speaks, with their conventions",
+)
+async def protocols(engine: EngineDep, service: AnswerDep) -> ProtocolList:
+    served = resolve_protocol(service.served.protocol, engine.model_names()[:1])
+    return ProtocolList(default=served.name, data=[p.info() for p in PROTOCOL_REGISTRY.values()])
 
 
 @router.get("/v1/limits", response_model=EngineLimits, tags=["limits"])

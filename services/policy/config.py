@@ -98,8 +98,11 @@ class PolicySettings(ServiceSettings):
     )
     zoom_protocol: Protocol = Field(
         "tags",
-        description="tags: Mags-RL <think>/<zoom>/<rethink>/<answer>; tools: Hermes "
-        "tool calls to the zoom function. Both are always parsed.",
+        description="The zoom protocol served when a request names none: tags (Mags-RL "
+        "<think>/<zoom>/<rethink>/<answer>), tools (Hermes calls to zoom), deepeyes, "
+        "mini_o3, mgpo, qwen3_vl_thinking, chain_of_focus, or auto (by the model's name); "
+        "GET /v1/protocols lists them. "
+        "(MAGSRL_ZOOM_PROTOCOL)",
     )
     magnifier_down: MagnifierDown = Field(
         "error", description="When the magnifier is unreachable: 503, or answer without zoom."

@@ -50,6 +50,7 @@ from magsrl.proto.policy import Round
 from magsrl.proto.rollout import RewardOptions
 from magsrl.proto.vocab import Protocol, ZoomMode
 from magsrl.zoom.parsing import ParsedTurn, parse_turn
+from magsrl.zoom.protocols import get_protocol
 
 __all__ = [
     "COMPONENTS",
@@ -86,7 +87,12 @@ PENALTIES: frozenset[str] = frozenset({"format", "zoom_validity", "overlong"})
 IF_CORRECT: frozenset[str] = frozenset({"zoom_iou", "tool_bonus"})
 
 # The zoom-request form each protocol asks the model for (ZoomCall.source).
-_PROTOCOL_SOURCE: dict[str, str] = {"tags": "tag", "tools": "tool_call"}
+_PROTOCOL_SOURCE: dict[str, str] = {
+    "tags": "tag",
+    "tools": "tool_call",
+    "magsrl_tags": "tag",
+    "magsrl_tools": "tool_call",
+}
 # parse_turn issues a forced grounding turn may have: the force_grounding prompt asks for
 # "nothing but that region as a box", so no reasoning block and a bare <zoom> are compliant.
 _FORCED_TURN_TOLERATED = ("<zoom> outside <think>", "no <think> or <rethink> reasoning")
@@ -120,16 +126,20 @@ def round_format_issues(
     parsed: ParsedTurn | None = None,
 ) -> list[str]:
     """Why one round is not well formed for ``protocol``; empty when it is. ``final``: the
-    episode's last round, which must answer; ``forced``: MGPO's grounding turn."""
+    episode's last round, which must answer; ``forced``: MGPO's grounding turn. A peer's
+    protocol (DeepEyes, Mini-o3, MGPO) is checked by its registry entry's own rule."""
+    if protocol not in _PROTOCOL_SOURCE and protocol != "auto":
+        entry = get_protocol(protocol)
+        return entry.format_issues(text, final) if entry.format_issues else []
     turn = parsed if parsed is not None else parse_turn(text)
     issues = list(turn.format_issues)
     if forced:
         issues = [i for i in issues if i not in _FORCED_TURN_TOLERATED]
         if not turn.zooms:
             issues.append("the grounding turn (zoom=force) has no zoom request")
-    wanted = _PROTOCOL_SOURCE[protocol]
+    wanted = _PROTOCOL_SOURCE.get(protocol, "tag")
     if any(z.source != wanted for z in turn.zooms):
-        form = "<zoom> tags" if protocol == "tags" else "<tool_call> zoom calls"
+        form = "<zoom> tags" if wanted == "tag" else "<tool_call> zoom calls"
         issues.append(f"zoom requested in the other protocol's form: this run uses {form}")
     if final and not turn.answer:  # None (no block) or "" (empty block) alike
         issues.append("the last round has no final <answer>")

@@ -146,7 +146,7 @@ async def run_job(
         outcome.answer,
         [c.text for c in completions],
         job.rewards,
-        protocol=opts.protocol,
+        protocol=outcome.protocol,  # the registry name (auto resolved)
         target_token=job.target_token,
         completion_tokens=[c.tokens or [] for c in completions] if job.target_token else None,
         zoom_mode=job.zoom,

@@ -1,12 +1,14 @@
-"""The Mags-RL zoom loop behind ``/answer`` (and, later, the rollout workers): think and pick
-regions, magnify them, rethink, answer.
+"""The zoom loop behind ``/answer``, the rollout workers and eval: think and pick regions,
+magnify them, look again, answer.
 
-Round 1 shows the image with the protocol's system prompt. Zoom requests, in tag or Hermes
-tool-call form, become pixel crops of the original; the original goes to the magnifier once
-and every zoom is a request by id. The crops come back inside a tool message (or a user
-message, for templates that cannot render images in tool messages), and the model goes on
-until it answers or ``max_rounds`` is spent. A malformed or empty zoom is told to the model
-as a tool error and the loop goes on.
+Round 1 shows the image with the protocol's system prompt. The protocol (an entry of
+``magsrl.zoom.protocols``: magsrl's tags or tool calls, DeepEyes, Mini-o3, MGPO) parses each
+turn's zoom requests and says which convention and frame their numbers are in; they become
+pixel crops of the original (a box on an earlier crop maps through it), the original goes to
+the magnifier once and every zoom is a request by id. The protocol lays the crops out as its
+checkpoints were trained to see them, and the model goes on until it answers or the turn
+limit (``max_rounds``, else the protocol's own) is spent. A malformed or empty zoom is told
+to the model as an error and the loop goes on.
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ from magsrl.common.images import encode_image
 from magsrl.proto.episode import DEFAULT_CROP_PIXELS, EpisodeOptions, ServedOptions
 from magsrl.proto.magnifier import ZoomResponse
 from magsrl.proto.policy import CropRef, Round, Usage, Zoom
-from magsrl.proto.prompts import coordinate_hint, format_options, region_caption, render_prompt
-from magsrl.proto.tools import zoom_tool
+from magsrl.proto.prompts import coordinate_hint, region_caption, render_prompt
 from magsrl.proto.vocab import (
     CropPlacement,
     ImageFormat,
@@ -40,7 +41,8 @@ from magsrl.proto.vocab import (
 from magsrl.zoom.boxes import ImageSlot, from_original, original_slot, to_original_crop
 from magsrl.zoom.choices import normalize_choice
 from magsrl.zoom.engine import Engine, GenerationRequest, GenerationResult, SamplingParams
-from magsrl.zoom.parsing import ZoomCall, extract_answer, parse_turn
+from magsrl.zoom.parsing import ZoomCall
+from magsrl.zoom.protocols import Feedback, ZoomProtocol, resolve_protocol
 
 MIN_BOX_SIDE = 28  # the design's minimum crop side, in original pixels
 
@@ -53,7 +55,7 @@ class LoopOptions:
 
     zoom: ZoomMode = "auto"
     upscale: str = "sr"  # an UpscaleMethod, or a magnifier backend name
-    max_rounds: int = 2
+    max_rounds: int | None = None  # None: the protocol's own turn limit
     protocol: Protocol = "tags"
     crop_in: CropPlacement = "tool"
     magnifier_down: MagnifierDown = "error"
@@ -85,10 +87,12 @@ class LoopOptions:
         """``options`` with unset served fields taken from ``served`` (what the policy
         serves), as ``/answer``, the rollout worker and eval all run them."""
         o = options.resolve(served)
+        # Left unset, the turn limit is the protocol's (Mini-o3 12, DeepEyes 5, magsrl 2).
+        explicit = "max_rounds" in options.model_fields_set
         return cls(
             zoom=o.zoom,
             upscale=o.upscale,
-            max_rounds=o.max_rounds,
+            max_rounds=o.max_rounds if explicit else None,
             protocol=o.protocol,  # type: ignore[arg-type]  # resolved: never None
             crop_in=o.crop_in,  # type: ignore[arg-type]
             magnifier_down=o.magnifier_down,  # type: ignore[arg-type]
@@ -127,6 +131,7 @@ class LoopOutcome:
     # Per round: zoom requests beyond max_zooms_per_round, dropped unzoomed (the reward
     # penalises them as a format error).
     zooms_over_limit: list[int] = field(default_factory=list)
+    protocol: str = "magsrl_tags"  # the registry name the episode ran (auto resolved)
 
 
 @dataclass
@@ -139,6 +144,7 @@ class _State:
     zoom_errors: int = 0
     zoom_skipped: str | None = None
     crop_images: dict[int, Image.Image] = field(default_factory=dict)  # by id(Zoom)
+    crop_slots: dict[int, int] = field(default_factory=dict)  # image number, by id(Zoom)
 
 
 @dataclass
@@ -154,6 +160,8 @@ class Episode:
     state: _State
     tools: list[dict[str, Any]] | None
     max_rounds: int
+    protocol: ZoomProtocol
+    question: str = ""
     rounds: list[Round] = field(default_factory=list)
     results: list[GenerationResult] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
@@ -188,6 +196,12 @@ class ZoomLoop:
         frame = self.engine.frame_size(*size) if self.convention is Convention.QWEN2_5_VL else size
         return coordinate_hint(self.convention, *frame)
 
+    def protocol(self, opts: LoopOptions) -> ZoomProtocol:
+        """The options' protocol; ``auto`` picks it from the served model's name."""
+        return resolve_protocol(
+            opts.protocol, (getattr(self.engine, "base_model", None), opts.model)
+        )
+
     def initial_messages(
         self,
         image: Image.Image,
@@ -195,29 +209,25 @@ class ZoomLoop:
         options: list[str] | None,
         opts: LoopOptions,
         original_size: tuple[int, int] | None = None,
+        protocol: ZoomProtocol | None = None,
     ) -> list[dict[str, Any]]:
+        protocol = protocol or self.protocol(opts)
         if opts.zoom == "off":
             system = render_prompt("system_direct")
-        elif opts.protocol == "tools":
-            system = render_prompt(
-                "system_tools", coordinate_hint=self._hint(original_size or image.size)
-            )
         else:
-            system = render_prompt(
-                "system_tags", coordinate_hint=self._hint(original_size or image.size)
-            )
-        text = format_options(question, options) if options else question
+            system = protocol.system_prompt(self._hint(original_size or image.size))
+        text = protocol.user_text(question, options)
         if opts.question_suffix:
             text = f"{text}\n{opts.question_suffix}"
         if opts.zoom == "force":
             text = f"{text}\n{render_prompt('force_grounding')}"
-        return [
-            {"role": "system", "content": system},
-            {
-                "role": "user",
-                "content": [{"type": "image", "image": image}, {"type": "text", "text": text}],
-            },
-        ]
+        user = {
+            "role": "user",
+            "content": [{"type": "image", "image": image}, {"type": "text", "text": text}],
+        }
+        # An empty system prompt: the protocol's checkpoints were trained on the template's
+        # own (Qwen3-VL renders the tools there), so none is sent.
+        return [{"role": "system", "content": system}, user] if system else [user]
 
     # ---- the loop -------------------------------------------------------------------
     def start(
@@ -236,16 +246,20 @@ class ZoomLoop:
         size = original_size or image.size
         if image.size != size and image_bytes is None:
             raise ValueError("a reduced image needs its original bytes for the magnifier")
+        protocol = self.protocol(opts)
+        tools = protocol.tools() if protocol.tools and opts.zoom != "off" else None
         return Episode(
             original_size=size,
             image=image,
             image_bytes=image_bytes,
             options=options,
             opts=opts,
-            messages=self.initial_messages(image, question, options, opts, size),
+            messages=self.initial_messages(image, question, options, opts, size, protocol),
             state=_State(slots=[original_slot(*size)], image_id=image_id),
-            tools=[zoom_tool()] if opts.protocol == "tools" and opts.zoom != "off" else None,
-            max_rounds=1 if opts.zoom == "off" else opts.max_rounds,
+            tools=tools,
+            max_rounds=1 if opts.zoom == "off" else opts.max_rounds or protocol.max_rounds,
+            protocol=protocol,
+            question=question,
         )
 
     async def observe(self, episode: Episode, text: str) -> bool:
@@ -254,8 +268,9 @@ class ZoomLoop:
         opts, state = episode.opts, episode.state
         round_index = len(episode.rounds)
         last = round_index >= episode.max_rounds - 1
-        parsed = parse_turn(text)
-        calls = [] if (opts.zoom == "off" or last or state.zoom_skipped) else parsed.zooms
+        protocol = episode.protocol
+        parsed = protocol.parse(text)
+        calls = [] if (opts.zoom == "off" or last or state.zoom_skipped) else parsed
         if not calls:
             episode.rounds.append(Round(text=text))
             episode.zooms_over_limit.append(0)
@@ -264,21 +279,32 @@ class ZoomLoop:
         calls = calls[: opts.max_zooms_per_round]
         room = self._image_room(episode)
         image = episode.image
-        zooms = await self._zoom(calls[:room], image, episode.image_bytes, state, opts)
+        zooms = await self._zoom(calls[:room], image, episode.image_bytes, state, opts, protocol)
         zooms += [_over_limit(call, opts.max_images) for call in calls[room:]]
         episode.rounds.append(Round(text=text, zooms=zooms))
         if state.zoom_skipped:
             episode.messages += self._continue_without_zoom(text, state.zoom_skipped)
-        else:
-            episode.messages += self._feedback(
-                text,
-                calls,
-                zooms,
-                state.crop_images,
-                episode.original_size,
-                round_index,
-                opts,
+            return True
+        original = episode.original_size
+        episode.messages += protocol.feedback(
+            Feedback(
+                text=text,
+                calls=calls,
+                zooms=zooms,
+                images=[state.crop_images.get(id(z)) for z in zooms],
+                observations=[state.crop_slots.get(id(z)) for z in zooms],
+                regions=[
+                    self._region_parts(k, z, state.crop_images.get(id(z)), original)
+                    for k, z in enumerate(zooms, 1)
+                ],
+                tail=render_prompt("zoom_feedback"),
+                round_index=round_index,
+                crop_in=opts.crop_in,
+                question=episode.question,
+                options=episode.options,
+                original=image,
             )
+        )
         return True
 
     def _image_room(self, episode: Episode) -> int:
@@ -303,7 +329,7 @@ class ZoomLoop:
             result = await self.engine.generate(
                 GenerationRequest(
                     messages=episode.messages,
-                    sampling=round_sampling(opts, len(episode.rounds)),
+                    sampling=round_sampling(opts, len(episode.rounds), episode.tools is not None),
                     tools=episode.tools,
                     model=opts.model,
                 )
@@ -316,7 +342,7 @@ class ZoomLoop:
     def finish(self, episode: Episode) -> LoopOutcome:
         usage = episode.usage
         usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-        raw = extract_answer(episode.rounds[-1].text) if episode.rounds else ""
+        raw = episode.protocol.answer(episode.rounds[-1].text) if episode.rounds else ""
         answer = raw
         if episode.options:
             answer = normalize_choice(raw, episode.options) or raw
@@ -334,6 +360,7 @@ class ZoomLoop:
             zoom_skipped=state.zoom_skipped,
             zoom_errors=state.zoom_errors,
             zooms_over_limit=list(episode.zooms_over_limit),
+            protocol=episode.protocol.name,
         )
 
     # ---- zooming --------------------------------------------------------------------
@@ -344,8 +371,13 @@ class ZoomLoop:
         image_bytes: bytes | None,
         state: _State,
         opts: LoopOptions,
+        protocol: ZoomProtocol,
     ) -> list[Zoom]:
         original = state.slots[0].width, state.slots[0].height
+        # The protocol's convention and frame where it has its own (DeepEyes: pixels of its
+        # processor's resize), else the served family's.
+        convention = protocol.convention or self.convention
+        frame_size = protocol.frame_fn(self.engine.frame_size)
         zooms: list[Zoom] = []
         images = state.crop_images
         boxes: list[tuple[int, int, int, int]] = []
@@ -358,8 +390,8 @@ class ZoomLoop:
                         call.box,
                         call.img_idx,
                         state.slots,
-                        self.convention,
-                        self.engine.frame_size,
+                        convention,
+                        frame_size,
                         original,
                         self.min_box_side,
                     )
@@ -398,6 +430,7 @@ class ZoomLoop:
                 zoom.crop = crop
                 state.slots.append(ImageSlot(crop_image.width, crop_image.height, tuple(zoom.box)))  # type: ignore[arg-type]
                 images[id(zoom)] = crop_image
+                state.crop_slots[id(zoom)] = len(state.slots) - 1
         return zooms
 
     async def _magnify(
@@ -461,52 +494,6 @@ class ZoomLoop:
         label = region_caption(index, box)
         return [{"type": "text", "text": label}, {"type": "image", "image": image}]
 
-    def _feedback(
-        self,
-        text: str,
-        calls: list[ZoomCall],
-        zooms: list[Zoom],
-        images: dict[int, Image.Image],
-        original: tuple[int, int],
-        round_index: int,
-        opts: LoopOptions,
-    ) -> list[dict[str, Any]]:
-        """The assistant turn as it was, then the crops (or errors) for the model to see."""
-        tail = {"type": "text", "text": render_prompt("zoom_feedback")}
-        regions = [
-            self._region_parts(k, zoom, images.get(id(zoom)), original)
-            for k, zoom in enumerate(zooms, 1)
-        ]
-        if opts.protocol == "tags":
-            parts = [p for region in regions for p in region]
-            if opts.crop_in == "tool":
-                return [
-                    {"role": "assistant", "content": text},
-                    {"role": "tool", "content": [*parts, tail]},
-                ]
-            return [
-                {"role": "assistant", "content": text},
-                {"role": "user", "content": [*parts, tail]},
-            ]
-        # Hermes tool calls: the assistant turn goes back as the text the model sampled, not
-        # rebuilt from the parsed calls (re-serialised arguments, a different joiner): the
-        # next round must be sampled after the history the model produced, and the learner
-        # trains on that same history. Each call still gets its own tool message, answering
-        # it by id (the template renders tool messages without looking at the ids).
-        ids = [f"call_{round_index}_{k}" for k in range(len(calls))]
-        out: list[dict[str, Any]] = [{"role": "assistant", "content": text}]
-        images: list[dict[str, Any]] = []
-        for call_id, region in zip(ids, regions, strict=True):
-            if opts.crop_in == "user":
-                images.extend(region)
-                region = [p for p in region if p["type"] == "text"]
-            out.append({"role": "tool", "tool_call_id": call_id, "content": region})
-        if opts.crop_in == "user":
-            out.append({"role": "user", "content": [*images, tail]})
-        else:
-            out[-1]["content"] = [*out[-1]["content"], tail]
-        return out
-
     def _continue_without_zoom(self, text: str, reason: str) -> list[dict[str, Any]]:
         return [
             {"role": "assistant", "content": text},
@@ -514,18 +501,20 @@ class ZoomLoop:
         ]
 
 
-def round_sampling(opts: LoopOptions, round_index: int) -> SamplingParams:
+def round_sampling(opts: LoopOptions, round_index: int, tools: bool = False) -> SamplingParams:
     """Round ``round_index``'s sampling settings: its own seed, derived from the episode's,
     so round 2 is an independent draw and not a replay of round 1's random stream. Round 1
     keeps the episode's seed, so a one-round episode samples as a chat request with that
-    seed does. The tools protocol asks for log-probs, whose per-token bytes are how an
-    upstream engine gives back the turn as sampled (magsrl.engines.upstream_text)."""
+    seed does. A protocol that sends tools (``tools``; or the options name magsrl's tools)
+    asks for log-probs, whose per-token bytes are how an upstream engine gives back the turn
+    as sampled (magsrl.engines.upstream_text)."""
     sampling = opts.sampling
     seed = sampling.seed
     if seed is not None and round_index > 0:
         digest = hashlib.sha256(f"{seed}:{round_index}".encode()).digest()
         seed = int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-    wants_logprobs = sampling.logprobs or (opts.protocol == "tools" and opts.zoom != "off")
+    named_tools = opts.protocol in ("tools", "magsrl_tools")
+    wants_logprobs = sampling.logprobs or tools or (named_tools and opts.zoom != "off")
     return replace(sampling, seed=seed, logprobs=wants_logprobs)
 
 

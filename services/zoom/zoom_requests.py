@@ -35,7 +35,7 @@ class ZoomCall:
     box: Box | None
     img_idx: int
     label: str | None
-    source: Literal["tag", "tool_call"]
+    source: Literal["tag", "tool_call", "grounding", "json"]  # the last two: peer protocols
     error: str | None
     raw: str  # the whole <zoom>…</zoom> or <tool_call>…</tool_call> (shared by a tag's boxes)
     span: tuple[int, int]  # offsets of ``raw`` in the text
@@ -45,8 +45,9 @@ class ZoomCall:
         return self.error is None
 
 
-def block_calls(text: str, block: Block) -> list[ZoomCall]:
-    """The zoom calls one block holds: one per box for a tag, one for a tool call."""
+def block_calls(text: str, block: Block, tool_name: str = ZOOM_TOOL_NAME) -> list[ZoomCall]:
+    """The zoom calls one block holds: one per box for a tag, one for a tool call (to
+    ``tool_name``: a protocol's zoom tool, ``zoom`` for magsrl's own)."""
     raw, span = text[block.start : block.end], (block.start, block.end)
     inner = text[block.inner_start : block.inner_end]
     if block.kind == "zoom":
@@ -60,17 +61,17 @@ def block_calls(text: str, block: Block) -> list[ZoomCall]:
     # max_tokens right after the JSON) is read like a closed one, as vLLM's hermes parser
     # does: its regex is `<tool_call>(.*?)</tool_call>|<tool_call>(.*)` (vllm/entrypoints/
     # openai/tool_parsers/hermes_tool_parser.py, Hermes2ProToolParser.tool_call_regex).
-    call = _tool_call(inner, raw, span)
+    call = _tool_call(inner, raw, span, tool_name)
     if not block.closed and call.error is not None:
         error = f"<tool_call> is not closed by </tool_call> ({call.error})"
         return [ZoomCall(call.box, call.img_idx, None, "tool_call", error, raw, span)]
     return [call]
 
 
-def parse_zoom_calls(text: str) -> list[ZoomCall]:
+def parse_zoom_calls(text: str, tool_name: str = ZOOM_TOOL_NAME) -> list[ZoomCall]:
     """Every zoom request in ``text``, in textual order, usable or not."""
     blocks, _ = scan_blocks(text)
-    return [call for block in blocks for call in block_calls(text, block)]
+    return [call for block in blocks for call in block_calls(text, block, tool_name)]
 
 
 def remove_tool_calls(text: str) -> str:
@@ -135,7 +136,9 @@ def _four_finite(values: Sequence[object]) -> Box | None:
     return floats if all(math.isfinite(v) for v in floats) else None  # type: ignore[return-value]
 
 
-def _tool_call(inner: str, raw: str, span: tuple[int, int]) -> ZoomCall:
+def _tool_call(
+    inner: str, raw: str, span: tuple[int, int], tool_name: str = ZOOM_TOOL_NAME
+) -> ZoomCall:
     def failed(reason: str, box: Box | None = None, img_idx: int = 0) -> ZoomCall:
         return ZoomCall(box, img_idx, None, "tool_call", reason, raw, span)
 
@@ -149,8 +152,8 @@ def _tool_call(inner: str, raw: str, span: tuple[int, int]) -> ZoomCall:
     if not isinstance(call, dict):
         return failed('the tool call must be a JSON object with "name" and "arguments"')
     name = call.get("name")
-    if name != ZOOM_TOOL_NAME:
-        return failed(f"unknown tool {short(name)}; the only tool is {ZOOM_TOOL_NAME!r}")
+    if name != tool_name:
+        return failed(f"unknown tool {short(name)}; the only tool is {tool_name!r}")
     args = call.get("arguments", call.get("parameters"))  # some fine-tunes say "parameters"
     if isinstance(args, str):
         try:

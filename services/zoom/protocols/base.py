@@ -1,0 +1,118 @@
+"""What a zoom protocol is, as data: one ``ZoomProtocol`` per way a checkpoint was trained
+to ask for a zoom and to hear back. The loop (``magsrl.zoom.loop``) reads an entry instead of
+branching on protocol names: the entry builds the system prompt and the user text, parses
+a turn into ``ZoomCall``s, says which box convention and frame those numbers are in, lays
+the crops out as the peer's own code did, and reads the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from magsrl.common.coords import Convention
+from magsrl.proto.policy import Zoom
+from magsrl.proto.protocols import ProtocolInfo
+from magsrl.proto.vocab import CropPlacement, ProtocolCrops
+from magsrl.zoom.answers import extract_answer
+from magsrl.zoom.boxes import FrameFn
+from magsrl.zoom.families import QWEN2_5_VL, resized_size
+from magsrl.zoom.zoom_requests import ZoomCall
+
+Message = dict[str, Any]
+
+
+@dataclass
+class Feedback:
+    """One turn's zooms, ready to be laid out as the protocol's feedback messages."""
+
+    text: str  # the assistant turn as the model wrote it
+    calls: list[ZoomCall]
+    zooms: list[Zoom]
+    images: list[Image.Image | None]  # each zoom's crop; None where it failed
+    observations: list[int | None]  # each crop's image number (1 = the first crop)
+    regions: list[list[dict[str, Any]]]  # magsrl's captioned parts per zoom
+    tail: str  # magsrl's closing instruction (zoom_feedback)
+    round_index: int  # 0-based: the peers' "Action k"
+    crop_in: CropPlacement  # the served placement, for protocols that let it vary
+    question: str = ""  # the user's question and options, for protocols that repeat them
+    options: list[str] | None = None
+    original: Image.Image | None = None  # the model's view of the original image
+
+
+def answer_tag(text: str) -> str:
+    return extract_answer(text)
+
+
+@dataclass(frozen=True)
+class ZoomProtocol:
+    """One protocol. The descriptive fields are what ``GET /v1/protocols`` reports; the
+    callables are its behaviour."""
+
+    name: str
+    title: str
+    source: str
+    call_format: str
+    coordinates: str  # described for humans; ``convention`` is what the loop uses
+    frame: str
+    crop_in: ProtocolCrops
+    observations: str
+    answer_format: str
+    max_rounds: int
+    system_prompt: Callable[[str], str]  # the coordinate hint -> the system message
+    parse: Callable[[str], list[ZoomCall]]
+    feedback: Callable[[Feedback], list[Message]]
+    user_text: Callable[[str, list[str] | None], str]
+    answer: Callable[[str], str] = answer_tag
+    convention: Convention | None = None  # None: the served model family's
+    frame_pixels: tuple[int, int] | None = None  # (min, max) of the peer's processor frame
+    tool_name: str | None = None
+    tools: Callable[[], list[dict[str, Any]]] | None = None  # sent to the engine as tools
+    crop_wrapper: str | None = None
+    format_issues: Callable[[str, bool], list[str]] | None = None  # (text, final)
+    aliases: tuple[str, ...] = ()
+    auto_match: tuple[str, ...] = field(default=())
+
+    def frame_fn(self, served: FrameFn) -> FrameFn:
+        """The frame absolute boxes refer to: the peer's processor resize where it states
+        one (DeepEyes), else the served processor's (``served``)."""
+        if self.frame_pixels is None:
+            return served
+        lo, hi = self.frame_pixels
+
+        def frame(width: int, height: int) -> tuple[int, int]:
+            return resized_size(width, height, QWEN2_5_VL, lo, hi)
+
+        return frame
+
+    def info(self) -> ProtocolInfo:
+        return ProtocolInfo(
+            name=self.name,
+            aliases=list(self.aliases),
+            title=self.title,
+            source=self.source,
+            call_format=self.call_format,
+            tool_name=self.tool_name,
+            coordinates=self.coordinates,
+            frame=self.frame,
+            frame_pixels=list(self.frame_pixels) if self.frame_pixels else None,
+            crop_in=self.crop_in,
+            crop_wrapper=self.crop_wrapper,
+            observations=self.observations,
+            answer=self.answer_format,
+            max_rounds=self.max_rounds,
+            auto_match=list(self.auto_match),
+        )
+
+
+def answer_issues(text: str, final: bool) -> list[str]:
+    """The format check every ``<answer>`` protocol shares: the last turn must answer."""
+    return ["the last round has no final <answer>"] if final and not _has_answer(text) else []
+
+
+def _has_answer(text: str) -> bool:
+    start = text.rfind("<answer>")
+    return start >= 0 and bool(text[start + 8 :].split("</answer>")[0].strip())

@@ -1,0 +1,138 @@
+"""Mini-o3 (Mini-o3/Mini-o3): ``<grounding>{"bbox_2d": [x0, y0, x1, y1], "source":
+"original_image" | "observation_k"}</grounding>`` with 0-1 coordinates of the image named by
+``source``, each crop sent back in a user turn "After the above Action k, here is the the
+zoom-in image (Observation n): <image>. Continue …", up to 12 turns at test time, the
+answer in ``<answer>``.
+
+The prompts are the peer's ``TOOL_CROP_SYSTEM_PROMPT``, ``TOOL_CALL_CROP_MULTI_TRUN_PROMPT``
+and ``ERROR_INFO_MULTI_TURN_PROMPT`` (typos included: the model was trained on them), and
+the box rule its ``prepare_grounding_inputs_multi_turn`` (verl/workers/rollout/vllm_rollout/
+function_tools.py): ``[x0*w, y0*h, x1*w, y1*h]`` on the source image, truncated to ints and
+clamped inside it. magsrl rounds rather than truncates (at most 1 px apart) and maps a box
+on observation k back to the original, so the magnifier crops the full-resolution image.
+Mini-o3's processor bounds are 40,000-2,000,000 px (MIN_PIXELS/MAX_PIXELS of its eval).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from magsrl.common.coords import BoxError, Convention, check_box
+from magsrl.proto.prompts import format_options
+from magsrl.zoom.protocols.base import Feedback, Message, ZoomProtocol, answer_issues
+from magsrl.zoom.zoom_requests import ZoomCall, short
+
+MAX_ROUNDS = 12
+MIN_PIXELS = 40_000
+MAX_PIXELS = 2_000_000
+
+SYSTEM_PROMPT = (
+    "You are a helpful assistant. Answer the user's question based on the image provided. "
+    "Output your thinking process within the <think> and </think> tags. Whenever you find "
+    "anything unclear, you can zoom in a specific region in the given image to see more "
+    'clearly by outputing <grounding>{"bbox_2d": [x0, y0, x1, y1], "source": '
+    '"original_image"}</grounding>, where (x0, y0) and (x1, y1) are the top-left and '
+    "bottom-right coordinates of the region that you want to zoom in, respectively (suppose "
+    "the width and height of the image are 1.0), and 'source' refers to the image that you "
+    "zoom in and could be either 'original_image' or 'observation_i'. Once the final answer "
+    "is confirmed, put it within <answer> and </answer>."
+)
+# TOOL_CALL_CROP_MULTI_TRUN_PROMPT, split at its image placeholder.
+OBSERVATION_BEFORE = (
+    "After the above Action {action}, here is the the zoom-in image (Observation {observation}):\n"
+)
+OBSERVATION_AFTER = (
+    ".\nContinue your reasoning process inside <think> and </think>. If needed, you can "
+    "continue to zoom in on the original image or any of the observations, by outputting "
+    "<grounding> and </grounding> as before. If the final answer is confirmed, put your final "
+    "answer inside <answer> and </answer>."
+)
+ERROR_PROMPT = (
+    "Please analyze the error information obtained from the function tool and adjust your "
+    "response. Countinue your reasoning process inside <think> and </think>."
+)
+
+_GROUNDING = re.compile(r"<grounding>(.*?)(</grounding>|$)", re.DOTALL)
+_OBSERVATION = re.compile(r"^observation_(\d+)$")
+
+
+def parse(text: str) -> list[ZoomCall]:
+    """Every ``<grounding>`` request; ``source`` becomes ``img_idx`` (original_image 0,
+    observation_k k). Nothing raises: a bad request comes back with ``error`` set."""
+    calls = []
+    for match in _GROUNDING.finditer(text):
+        raw, span = match.group(0), match.span()
+
+        def failed(reason: str, raw: str = raw, span: tuple[int, int] = span) -> ZoomCall:
+            return ZoomCall(None, 0, None, "grounding", reason, raw, span)
+
+        if not match.group(2):
+            calls.append(failed("<grounding> is not closed by </grounding>"))
+            continue
+        try:
+            args = json.loads(match.group(1).strip())
+        except (ValueError, RecursionError):
+            calls.append(failed("the grounding is not valid JSON"))
+            continue
+        if not isinstance(args, dict) or not isinstance(args.get("bbox_2d"), list):
+            calls.append(failed(f'expected {{"bbox_2d": [...], "source": ...}}, got {short(args)}'))
+            continue
+        source = args.get("source", "original_image")
+        found = _OBSERVATION.match(source) if isinstance(source, str) else None
+        if source != "original_image" and found is None:
+            calls.append(
+                failed(f"source {short(source)} is neither original_image nor observation_k")
+            )
+            continue
+        img_idx = int(found.group(1)) if found else 0
+        try:
+            box = check_box(args["bbox_2d"])
+        except BoxError as exc:
+            calls.append(ZoomCall(None, img_idx, None, "grounding", str(exc), raw, span))
+            continue
+        calls.append(ZoomCall(box, img_idx, None, "grounding", None, raw, span))
+    return calls
+
+
+def feedback(fb: Feedback) -> list[Message]:
+    """The assistant turn verbatim, then a user turn per crop ("Observation n"), or the
+    peer's error prompt where a request failed."""
+    out: list[Message] = [{"role": "assistant", "content": fb.text}]
+    parts: list[Message] = []
+    for zoom, image, number in zip(fb.zooms, fb.images, fb.observations, strict=True):
+        if image is None or number is None:
+            parts.append({"type": "text", "text": f"Error: {zoom.error}\n{ERROR_PROMPT}"})
+            continue
+        before = OBSERVATION_BEFORE.format(action=fb.round_index, observation=number)
+        parts += [
+            {"type": "text", "text": before},
+            {"type": "image", "image": image},
+            {"type": "text", "text": OBSERVATION_AFTER},
+        ]
+    out.append({"role": "user", "content": parts})
+    return out
+
+
+PROTOCOL = ZoomProtocol(
+    name="mini_o3",
+    title="Mini-o3",
+    source="Mini-o3/Mini-o3: TOOL_CROP_SYSTEM_PROMPT, TOOL_CALL_CROP_MULTI_TRUN_PROMPT, "
+    "verl/workers/rollout/vllm_rollout/function_tools.py prepare_grounding_inputs_multi_turn",
+    call_format='<grounding>{"bbox_2d": [x0, y0, x1, y1], "source": "original_image"}</grounding>',
+    coordinates="norm1",
+    convention=Convention.NORM1,
+    frame="0-1 of the image named by source",
+    crop_in="user",
+    crop_wrapper="After the above Action k, here is the the zoom-in image (Observation n):"
+    "\\n<image>.\\nContinue your reasoning process …",
+    observations='source: "original_image" or "observation_k" (k = 1 is the first crop)',
+    answer_format="<answer>…</answer>",
+    max_rounds=MAX_ROUNDS,
+    system_prompt=lambda hint: SYSTEM_PROMPT,
+    parse=parse,
+    feedback=feedback,
+    user_text=lambda q, options: format_options(q, options) if options else q,
+    format_issues=answer_issues,
+    auto_match=("mini-o3", "mini_o3", "minio3"),
+)
