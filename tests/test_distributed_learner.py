@@ -192,3 +192,57 @@ def test_one_rank_is_the_in_process_learner(tiny_model_dir: Path, tmp_path: Path
     learner = make_learner(tiny_model_dir, run_config(lora=True), work_dir=tmp_path / "learner")
     assert type(learner) is Learner
     assert not (tmp_path / "learner").exists()
+
+
+@pytest.mark.slow
+def test_a_run_with_two_learner_ranks_through_magsrl_up(tmp_path: Path) -> None:
+    """examples/train-tiny.yaml with ``learner.nproc_per_node: 2`` completes through `magsrl
+    up --train` and `magsrl train`: the trainer starts the ranks, publishes every version the
+    ranks save, checkpoints through them, and stops them at the end. Pins: the run loop
+    building the in-process learner whatever the config says, versions or checkpoints the
+    group never wrote, and ranks left running after the run."""
+    import json
+    import re
+    import subprocess
+    import sys
+
+    import httpx
+
+    from magsrl.cli.train import load_config
+    from tests.test_up import kill_stack, read_until, start_up
+
+    example = Path(__file__).parents[1] / "examples" / "train-tiny.yaml"
+    config = load_config(example, steps=3).model_dump(mode="json")
+    config |= {"name": "tiny-ranks", "learner": {"nproc_per_node": 2}, "validation": {}}
+    run_yaml = tmp_path / "ranks.yaml"
+    run_yaml.write_text(json.dumps(config))  # JSON is YAML
+    proc = start_up(tmp_path, "--model", "tiny", "--train", "--workers", "2")
+    try:
+        out = read_until(proc, "Ctrl-C stops everything", 240.0)
+        trainer = re.search(r"train: .* --url\s+(http://127\.0\.0\.1:\d+)", out)
+        assert trainer is not None, out
+        train = subprocess.run(
+            [sys.executable, "-m", "magsrl.cli", "train", str(run_yaml), "--url", trainer[1]],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert train.returncode == 0, train.stdout + train.stderr
+        info = httpx.get(f"{trainer[1]}/v1/runs", timeout=30).json()["runs"][0]
+        assert info["status"] == "completed", info.get("error")
+        run_dir = Path(info["output_dir"])
+        log = (run_dir / "learner" / "ranks.log").read_text()
+        assert "Traceback" not in log, log[-2000:]
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [0, 1, 2]
+        updated = [r for r in rows if r["updated"]]
+        assert updated and info["version"] == len(updated)  # the ranks took real steps
+        assert (run_dir / "adapters" / f"v{info['version']}" / "adapter_config.json").is_file()
+        assert sorted((run_dir / "checkpoints").glob("step-*.pt"))
+        # The ranks' requests were all answered, and the group has stopped.
+        assert not list((run_dir / "learner" / "requests").iterdir())
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+        assert str(run_dir / "learner") not in ps.stdout
+    finally:
+        kill_stack(proc)

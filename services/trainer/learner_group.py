@@ -197,6 +197,8 @@ class LearnerGroup:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=STOP_WAIT_S)
+            request_path(self.work_dir, self._seq).unlink(missing_ok=True)
+            response_path(self.work_dir, self._seq).unlink(missing_ok=True)
 
 
 def make_learner(
