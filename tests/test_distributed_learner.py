@@ -30,7 +30,7 @@ COMPLETION = 12
 SIZES = [(56, 56), (84, 56), (56, 84), (56, 56), (112, 56)]
 
 
-def run_config(*, lora: bool, ranks: int = 1) -> RunConfig:
+def run_config(*, lora: bool, ranks: int = 1, checkpointing: str = "auto") -> RunConfig:
     return RunConfig.model_validate(
         {
             "name": "dist",
@@ -42,6 +42,7 @@ def run_config(*, lora: bool, ranks: int = 1) -> RunConfig:
                 "micro_batch_size": 2,  # 3 results -> 2 micro-batches, 2 -> 1: padding
                 "learning_rate": 1e-4,
                 "max_grad_norm": 0.5,  # clipping on: the norm must be the global one
+                "gradient_checkpointing": checkpointing,
             },
             "lora": {"enabled": lora, "target_modules": "all-linear"},
             "learner": {"nproc_per_node": ranks},
@@ -119,18 +120,25 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+@pytest.mark.parametrize(
+    ("lora", "checkpointing"),
+    [(True, "auto"), (False, "auto"), (True, "on")],
+    ids=["lora", "full", "lora-checkpointing"],
+)
 def test_two_fsdp_ranks_take_the_one_process_update(
-    tiny_model_dir: Path, tmp_path: Path, lora: bool
+    tiny_model_dir: Path, tmp_path: Path, lora: bool, checkpointing: str
 ) -> None:
     """Pins: a sharded step whose gradient differs from the 1-rank one (a per-rank loss
     normaliser, gradients averaged rather than summed, a per-shard clipping norm, padding
     micro-batches that add loss), ranks hanging on unequal micro-batch counts, or a saved
-    version that is not the whole model / an ordinary peft folder."""
+    version that is not the whole model / an ordinary peft folder; activation checkpointing
+    (recomputed forwards re-gather FSDP2's shards) changing the result."""
     results = image_results(tiny_model_dir)
-    single = Learner(tiny_model_dir, run_config(lora=lora))
+    single = Learner(tiny_model_dir, run_config(lora=lora, checkpointing=checkpointing))
     group = make_learner(
-        tiny_model_dir, run_config(lora=lora, ranks=2), work_dir=tmp_path / "learner"
+        tiny_model_dir,
+        run_config(lora=lora, ranks=2, checkpointing=checkpointing),
+        work_dir=tmp_path / "learner",
     )
     assert isinstance(group, LearnerGroup)
     try:

@@ -3,9 +3,10 @@
 split over the ranks, so that N ranks take exactly the update one process would take.
 
 - Sharding: ``fully_shard`` on each decoder layer and each vision block, then on the root
-  (torchtitan's order; a layer's weights are gathered only while it runs). On cuda the
-  compute is bf16 over fp32 master weights and gradients are reduced in fp32
-  (``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``); on CPU (gloo) all fp32.
+  (torchtitan's order; a layer's weights are gathered only while it runs). On cuda, full
+  fine-tuning computes in bf16 over fp32 master weights and gradients are reduced in fp32
+  (``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``); LoRA keeps its bf16 base
+  and fp32 adapters as in-process (``param_dtype=None``); on CPU (gloo) all fp32.
 - The step: every rank receives all results and keeps its slice (sorted by length, dealt
   round-robin, so the ranks' token counts are close). The loss normaliser (tokens, or
   sequences, of the whole step) is all-reduced, and gradients are summed, not averaged
@@ -77,15 +78,17 @@ def shard_layers(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def shard(model: nn.Module, device: torch.device) -> nn.Module:
-    """``fully_shard`` per decoder layer and vision block, then the root. The blocks keep their
-    original dtype (fp32 master weights for full fine-tuning; peft's fp32 adapters over a
-    bf16 base) and compute in bf16 on cuda."""
-    policy = (
-        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        if device.type == "cuda"
-        else MixedPrecisionPolicy()
-    )
+def shard(model: nn.Module, device: torch.device, *, cast: bool = True) -> nn.Module:
+    """``fully_shard`` per decoder layer and vision block, then the root. On cuda, ``cast``
+    computes in bf16 over the fp32 master weights (full fine-tuning); without it each weight
+    computes in its own dtype, as the in-process learner: LoRA's bf16 base and fp32 adapters
+    (FSDP2 all-gathers mixed dtypes as bytes; only trainable weights must share one dtype).
+    Gradients are reduced in fp32."""
+    policy = MixedPrecisionPolicy()  # CPU: all fp32, as the in-process learner
+    if device.type == "cuda":
+        policy = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16 if cast else None, reduce_dtype=torch.float32
+        )
     for block in shard_layers(model):
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
@@ -139,7 +142,7 @@ class DistributedLearner(Learner):
             seen.add(id(param))
         if self.reference is not None:  # full fine-tuning's KL reference: sharded too
             self.reference = shard(self.reference, self.device)
-        return shard(model, self.device)
+        return shard(model, self.device, cast=not self.config.lora.enabled)
 
     def _micro_batches(
         self, results: Sequence[RolloutResult], advantages: Tensor
