@@ -156,7 +156,8 @@ class DistributedLearner(Learner):
                 len(batches),
                 int(any(b.pixel_values is not None for b in batches)),
                 int(any(b.pixel_values is None for b in batches)),
-            ]
+            ],
+            device=self.device,  # NCCL reduces only device tensors
         )
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         if int(flags[1]) and int(flags[2]):
@@ -181,6 +182,7 @@ class DistributedLearner(Learner):
         counts = torch.tensor(
             [float(sum(b.completion_tokens for b in real)), float(sum(b.rows for b in real))],
             dtype=torch.float64,
+            device=self.device,
         )
         dist.all_reduce(counts)
         tokens, rows = int(counts[0]), int(counts[1])
@@ -221,7 +223,9 @@ class DistributedLearner(Learner):
             ]
             if not chosen:
                 continue
-            values = torch.tensor([totals.get(n, missing) for n in chosen], dtype=torch.float64)
+            values = torch.tensor(
+                [totals.get(n, missing) for n in chosen], dtype=torch.float64, device=self.device
+            )
             dist.all_reduce(values, op=op)
             out.update(zip(chosen, values.tolist(), strict=True))
         return out
