@@ -262,3 +262,32 @@ def test_a_run_with_two_learner_ranks_through_magsrl_up(tmp_path: Path) -> None:
         assert str(run_dir / "learner") not in ps.stdout
     finally:
         kill_stack(proc)
+
+
+@pytest.mark.slow
+def test_a_rank_error_reaches_the_trainer_and_ends_the_group(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Pins: a refusal on the ranks (here: rollouts with and without images in one step,
+    which would run different collectives per rank) hanging the trainer or surfacing as an
+    opaque exit, and ranks left running after it."""
+    from magsrl.trainer.learner_group import LearnerGroupFailed
+
+    results = image_results(tiny_model_dir)
+    prompt, completion = results[1].segments
+    # The prompt's placeholders become plain tokens: a text-only row of the same length.
+    plain = Segment(ids=[7] * len(prompt.ids), mask=0)
+    text_only = results[1].model_copy(update={"images": [], "segments": [plain, completion]})
+    group = make_learner(
+        tiny_model_dir, run_config(lora=True, ranks=2), work_dir=tmp_path / "learner"
+    )
+    assert isinstance(group, LearnerGroup)
+    try:
+        with pytest.raises(LearnerGroupFailed, match="images and others none"):
+            group.step([results[0], text_only], torch.tensor([1.0, -1.0]))
+        assert group.proc is not None
+        group.proc.wait(timeout=60)  # the ranks end after a refusal
+        with pytest.raises(LearnerGroupFailed, match="ended"):
+            group.step([results[0]], torch.ones(1))
+    finally:
+        group.close()
