@@ -68,13 +68,12 @@ def rank_slice(results: Sequence[RolloutResult], rank: int, world: int) -> list[
 
 def shard_layers(model: nn.Module) -> list[nn.Module]:
     """The blocks sharded on their own: the decoder's layers and the vision tower's blocks."""
-    decoder = model.get_decoder()
-    blocks = list(getattr(decoder, "layers", []))
+    blocks = list(getattr(model.get_decoder(), "layers", []))
+    if not blocks:
+        raise ValueError(f"{type(model).__name__}: no decoder layers to shard")
     tower = vision_tower(model)
     if tower is not None:
         blocks += list(getattr(tower[1], "blocks", []))
-    if not blocks:
-        raise ValueError(f"{type(model).__name__}: no decoder layers to shard")
     return blocks
 
 
