@@ -114,13 +114,44 @@ class Learner:
         # the compute dtype under autocast. LoRA's base is already held in the compute dtype.
         self.autocast = not config.lora.enabled and self.dtype != torch.float32
         self.placeholder_ids = placeholder_ids(model)
-        self.model = model
+        self.model = self._wrap(model)  # a distributed learner shards it here
         self.optimizer = torch.optim.AdamW(
             self.trainable_parameters(),
             lr=config.grpo.learning_rate,
             weight_decay=config.grpo.weight_decay,
         )
         self.step_count = 0
+
+    # ---- hooks a distributed learner overrides (magsrl.trainer.distributed) ---------------
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """The model the optimizer trains; here, as loaded."""
+        return model
+
+    def _micro_batches(
+        self, results: Sequence[RolloutResult], advantages: Tensor
+    ) -> tuple[list[Batch], list[Tensor]]:
+        """The step's micro-batches and their (B,) advantages. Similar lengths share a
+        micro-batch (less padding); the loss does not depend on order."""
+        size = self.config.grpo.micro_batch_size
+        order = sorted(
+            range(len(results)), key=lambda i: sum(len(s.ids) for s in results[i].segments)
+        )
+        chunks = [order[i : i + size] for i in range(0, len(order), size)]
+        batches = [self.collate([results[i] for i in chunk]) for chunk in chunks]
+        advs = [advantages.detach().float()[torch.tensor(chunk)] for chunk in chunks]
+        return batches, advs
+
+    def _normaliser(self, batches: list[Batch]) -> float:
+        """The loss denominator of the whole step (grpo.batch_normaliser)."""
+        return batch_normaliser([b.completion_mask for b in batches], self.loss_config)
+
+    def _clip_grad_norm(self, params: list[nn.Parameter], max_norm: float) -> float:
+        """Clips the gradients to ``max_norm``; returns their norm before clipping."""
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    def _reduce_totals(self, totals: dict[str, float]) -> dict[str, float]:
+        """The step's metric totals over every process: one process has them all."""
+        return totals
 
     # ---- parameters ---------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -246,17 +277,8 @@ class Learner:
         if not results:
             raise ValueError("a step needs at least one rollout result")
         grpo = self.config.grpo
-        # Similar lengths share a micro-batch (less padding); the loss does not depend on order.
-        order = sorted(
-            range(len(results)), key=lambda i: sum(len(s.ids) for s in results[i].segments)
-        )
-        chunks = [
-            order[i : i + grpo.micro_batch_size]
-            for i in range(0, len(order), grpo.micro_batch_size)
-        ]
-        batches = [self.collate([results[i] for i in chunk]) for chunk in chunks]
-        advs = [advantages.detach().float()[torch.tensor(chunk)] for chunk in chunks]
-        norm = batch_normaliser([b.completion_mask for b in batches], self.loss_config)
+        batches, advs = self._micro_batches(results, advantages)
+        norm = self._normaliser(batches)
         refs = [self.ref_logprobs(b) if self.loss_config.beta > 0 else None for b in batches]
         olds: list[Tensor | OldLogps] = [self.old_logps] * len(batches)
         if self.old_logps == "learner" and (grpo.num_iterations > 1 or not grpo.disable_dropout):
@@ -287,12 +309,14 @@ class Learner:
                     batch, adv, old_logps=old, ref_logps=ref, normaliser=norm, entropy=it == 0
                 )
                 loss.backward()
+                if batch.completion_tokens == 0:
+                    continue  # a distributed rank's padding micro-batch: no metrics
                 weight += m["tokens"]
                 _accumulate(totals, m)
                 if it == 0:  # the learner's pre-update, dropout-off log-probs vs the sampler
                     first = old if isinstance(old, Tensor) else logps
                     diff_sum, diff_max = _accumulate_diff(first, batch, diff_sum, diff_max)
-            grad = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            grad = self._clip_grad_norm(params, max_norm)
             grad_sum += grad
             if not (math.isfinite(totals.get("loss", 0.0)) and math.isfinite(grad)):
                 nonfinite = True  # an update with NaN/inf would poison the weights: skip it
@@ -303,7 +327,15 @@ class Learner:
             self.step_count += 1
 
         passes = grpo.num_iterations
-        tokens = sum(b.completion_tokens for b in batches)
+        totals.update(
+            _weight=weight,
+            _diff_sum=diff_sum,
+            _diff_max=diff_max,
+            _tokens=float(sum(b.completion_tokens for b in batches)),
+        )
+        totals = self._reduce_totals(totals)
+        weight, diff_sum = totals.pop("_weight"), totals.pop("_diff_sum")
+        diff_max, tokens = totals.pop("_diff_max"), int(totals.pop("_tokens"))
         first_pass_tokens = float(max(tokens, 1))
         metrics: dict[str, float] = {}
         for name, total in totals.items():
@@ -344,7 +376,7 @@ class Learner:
                 self._save_full(tmp)
         return Path(path)
 
-    def _save_full(self, folder: Path) -> None:
+    def _save_full(self, folder: Path, state: dict[str, Tensor] | None = None) -> None:
         """A whole model folder: safetensors in the compute dtype (what the policy serves in;
         the fp32 master weights stay in the training checkpoint), config, and the base's
         tokenizer, processor and chat files."""
@@ -353,9 +385,10 @@ class Learner:
             if item.is_file() and not weights:
                 shutil.copyfile(item, folder / item.name)
         # Cast on the host: a second copy of a 7B model would not fit beside training.
+        # ``state``: the whole model, gathered from a distributed learner's shards.
         state = {
             name: t.detach().to(device="cpu", dtype=self.dtype)
-            for name, t in self.model.state_dict().items()
+            for name, t in (self.model.state_dict() if state is None else state).items()
         }
         self.model.save_pretrained(str(folder), state_dict=state)  # safetensors
 

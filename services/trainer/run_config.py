@@ -419,6 +419,39 @@ _GRPO_OWNED = {
 _LEGACY_KEYS = {"zoom_protocol": (None, "protocol"), "upscale": ("rollout", "upscale")}
 
 
+class LearnerSettings(_Strict):
+    """Where the learner runs: in the trainer's process (1 x 1, the default), or as a torchrun
+    group of FSDP2 ranks the trainer drives (``magsrl.trainer.learner_group``)."""
+
+    nproc_per_node: int = Field(
+        1, ge=1, le=64, description="Learner ranks per node (GPUs); 1 x 1 runs in-process."
+    )
+    nnodes: int = Field(1, ge=1, le=1024, description="Nodes of learner ranks.")
+    rendezvous_endpoint: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]+:[0-9]{1,5}$",
+        description="host:port of this (node-rank 0) node, reachable from the others; nnodes > 1.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.nnodes > 1 and self.rendezvous_endpoint is None:
+            raise ValueError(
+                f"learner.nnodes={self.nnodes} needs learner.rendezvous_endpoint: this node's "
+                "address and a free port the other nodes can reach (e.g. 10.0.0.1:29500)"
+            )
+        if self.nnodes == 1 and self.rendezvous_endpoint is not None:
+            raise ValueError(
+                "learner.rendezvous_endpoint is only for nnodes > 1 (one node rendezvouses "
+                "locally); remove it or raise learner.nnodes"
+            )
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
 class RunConfig(_Strict):
     """A training run. Only ``name``, ``model`` and ``dataset`` are required."""
 
@@ -458,6 +491,9 @@ class RunConfig(_Strict):
     )
     validation: ValidationSettings = Field(
         default_factory=ValidationSettings, description="Held-out accuracy during training."
+    )
+    learner: LearnerSettings = Field(
+        default_factory=LearnerSettings, description="Learner processes (FSDP2 under torchrun)."
     )
 
     @field_validator("name")

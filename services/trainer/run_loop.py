@@ -295,7 +295,7 @@ class RunLoop:
     # ---- setup ----------------------------------------------------------------------------
     async def _setup(self) -> tuple[Schedule, int, int]:
         from magsrl.models.tiny import resolve_model
-        from magsrl.trainer.learner import Learner
+        from magsrl.trainer.learner_group import make_learner
 
         samples = load_run_samples(self.config)
         samples, self.validation_samples = self._split_validation(samples)
@@ -313,12 +313,13 @@ class RunLoop:
         except LimitsDisagree as exc:
             raise RunFailed(str(exc)) from exc
         self.learner = await asyncio.to_thread(
-            Learner,
+            make_learner,  # in-process, or a torchrun group with learner.nproc_per_node > 1
             Path(model_dir),
             self.config,
             self.settings.device,
             min_pixels=self.limits.min_pixels,
             max_pixels=self.limits.max_pixels,
+            work_dir=self.run_dir / "learner",
         )
         start, version = 0, 0
         checkpoint = latest_checkpoint(self.run_dir)
@@ -581,6 +582,12 @@ class RunLoop:
     # ---- the run --------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
         """Trains to the last step; returns the final adapter and plot paths."""
+        try:
+            return await self._run()
+        finally:  # a distributed learner's ranks end with the run
+            await asyncio.to_thread(getattr(self.learner, "close", lambda: None))
+
+    async def _run(self) -> dict[str, Any]:
         schedule, start, version = await self._setup()
         async with RolloutQueue.from_url(self.settings.redis_url, self.queue_config) as queue:
             await queue.ensure_group()
