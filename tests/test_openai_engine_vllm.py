@@ -71,7 +71,7 @@ def engine_for(upstream: FakeUpstream, model: Path, **extra: Any) -> OpenAIEngin
     settings = PolicySettings(
         engine="openai", upstream_url=f"{upstream.url}/v1", policy_model=str(model), **extra
     )
-    return OpenAIEngine(settings)
+    return OpenAIEngine(settings.engine_settings())
 
 
 def tokenizer(model: Path) -> Any:
@@ -337,7 +337,7 @@ def test_rollout_job_through_the_openai_engine(
         policy = RemotePolicy(
             PolicySettings(
                 engine="openai", upstream_url=f"{proxied.url}/v1", policy_model=str(tiny_model_dir)
-            )
+            ).engine_settings()
         )
         job = RolloutJob(
             job_id="r:0:0:0",
