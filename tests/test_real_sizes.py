@@ -26,7 +26,7 @@ from PIL import Image
 
 from magsrl.clients.magnifier import MagnifierClient
 from magsrl.data.sample import Sample
-from magsrl.policy.config import PolicySettings
+from magsrl.engines.settings import EngineSettings
 from magsrl.proto.limits import EngineLimits
 from magsrl.proto.rollout import RolloutJob, RolloutResult
 from magsrl.trainer.config import TrainerSettings
@@ -154,16 +154,13 @@ async def _rollouts(
     family: str,
 ) -> list[RolloutResult]:
     magnifier = MagnifierClient(magnifier_url)
-    remote = RemotePolicy(
-        PolicySettings(engine="openai", upstream_url=f"{policy_url}/v1", policy_model="policy")  # type: ignore[call-arg]
-    )
+    async with httpx.AsyncClient() as http:
+        names = [m["id"] for m in (await http.get(f"{policy_url}/v1/models")).json()["data"]]
+    remote = RemotePolicy(EngineSettings(policy_model=names[0], upstream_url=f"{policy_url}/v1"))
     try:
-        async with httpx.AsyncClient() as http:
-            names = [m["id"] for m in (await http.get(f"{policy_url}/v1/models")).json()["data"]]
-        remote.upstream_model = remote.base_model = names[0]
-        # The worker guesses the family from the model's name ("policy" reads as Qwen2.5-VL);
-        # taking it from the model's config is the zoom-core issue's. Set it as that will.
-        remote.family = get_family(family)
+        # The family comes from the policy's model card, as a worker learns it.
+        assert await remote.ready() is None
+        assert remote.family.name == family
         info = await magnifier.upload(jpeg)
         sample = Sample(id="s", image="big.jpg", question=QUESTION, answer="rocket")
         results = []
