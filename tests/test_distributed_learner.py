@@ -232,7 +232,8 @@ def test_a_run_with_two_learner_ranks_through_magsrl_up(tmp_path: Path) -> None:
     config |= {"name": "tiny-ranks", "learner": {"nproc_per_node": 2}, "validation": {}}
     run_yaml = tmp_path / "ranks.yaml"
     run_yaml.write_text(json.dumps(config))  # JSON is YAML
-    proc = start_up(tmp_path, "--model", "tiny", "--train", "--workers", "2")
+    roots = {"MAGSRL_DATA_ROOTS": str(example.parents[1])}  # the example's dataset
+    proc = start_up(tmp_path, "--model", "tiny", "--train", "--workers", "2", env=roots)
     try:
         out = read_until(proc, "Ctrl-C stops everything", 240.0)
         trainer = re.search(r"train: .* --url\s+(http://127\.0\.0\.1:\d+)", out)
@@ -251,7 +252,7 @@ def test_a_run_with_two_learner_ranks_through_magsrl_up(tmp_path: Path) -> None:
         log = (run_dir / "learner" / "ranks.log").read_text()
         assert "Traceback" not in log, log[-2000:]
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in rows] == [0, 1, 2]
+        assert [r["step"] for r in rows] == [1, 2, 3]  # counted from 1
         updated = [r for r in rows if r["updated"]]
         assert updated and info["version"] == len(updated)  # the ranks took real steps
         assert (run_dir / "adapters" / f"v{info['version']}" / "adapter_config.json").is_file()

@@ -374,7 +374,7 @@ def test_example_full_run_through_magsrl_up(tmp_path: Path) -> None:
     with the policy serving each new version: every rollout of step k asks the policy for
     <run>-v<k> (which only the policy holding version k accepts), none fails or comes back
     stale, the policy swapped weights once per step after going back to the base, and it
-    serves the last version at the end; older version folders are gone."""
+    gives its base weights back at the end; older version folders are gone."""
     import json
     import re
     import subprocess
@@ -383,7 +383,10 @@ def test_example_full_run_through_magsrl_up(tmp_path: Path) -> None:
     from tests.test_up import kill_stack, read_until, start_up
 
     example = Path(__file__).parents[1] / "examples" / "train-tiny-full.yaml"
-    proc = start_up(tmp_path, "--model", "tiny", "--train", "--workers", "2")
+    # The example's dataset lives in the repository: a data root of the trainer (a user runs
+    # from the repository, whose folder is a root by default; this test runs elsewhere).
+    roots = {"MAGSRL_DATA_ROOTS": str(example.parents[1])}
+    proc = start_up(tmp_path, "--model", "tiny", "--train", "--workers", "2", env=roots)
     try:
         out = read_until(proc, "Ctrl-C stops everything", 240.0)
         trainer = re.search(r"train: .* --url\s+(http://127\.0\.0\.1:\d+)", out)
@@ -400,21 +403,26 @@ def test_example_full_run_through_magsrl_up(tmp_path: Path) -> None:
         info = httpx.get(f"{trainer[1]}/v1/runs", timeout=30).json()["runs"][0]
         assert info["status"] == "completed", info.get("error")
         run_id = info["run_id"]
-        assert info["version"] == 3 and info["policy_model"] == f"{run_id}-v3"
         rows = [
             json.loads(line)
             for line in (Path(info["output_dir"]) / "metrics.jsonl").read_text().splitlines()
         ]
+        # One version per step that updated (a step whose groups all had one reward makes
+        # none, issue 14).
+        v = sum(int(r["updated"]) for r in rows)
+        assert v >= 1 and info["version"] == v and info["policy_model"] == f"{run_id}-v{v}"
         assert [r["step"] for r in rows] == [1, 2, 3]
         assert all(r["failed"] == 0 and r["stale_dropped"] == 0 for r in rows), rows
         assert all(r["optimizer_steps"] >= 1 for r in rows[-1:]), rows
+        # A finished run gives back what it held (issue 16): the policy serves its base
+        # weights again, as a finished LoRA run unloads its adapters; the version stays on disk.
         served = httpx.get(f"{policy[1]}/v1/weights", timeout=30).json()
-        assert served["name"] == f"{run_id}-v3"
+        assert served["name"] is None and served["path"] is None
         versions = Path(info["output_dir"]) / "adapters"
-        assert sorted(p.name for p in versions.iterdir()) == ["v3"]
+        assert sorted(p.name for p in versions.iterdir()) == [f"v{v}"]
         log = (tmp_path / "state" / "logs" / "policy.log").read_text()
-        assert log.count('"POST /v1/weights HTTP/1.1" 200') == 3
-        assert log.count('"DELETE /v1/weights HTTP/1.1" 200') == 1
+        assert log.count('"POST /v1/weights HTTP/1.1" 200') == v
+        assert log.count('"DELETE /v1/weights HTTP/1.1" 200') == 2  # at the start and the end
 
         # A LoRA run next adapts the base model, not the full run's last version.
         from magsrl.cli.train import load_config
