@@ -108,3 +108,34 @@ class RolloutResult(BaseModel):
         default_factory=list, description="Each usable zoom box's share of the image area."
     )
     zooms_over_limit: int = Field(0, description="Requests the loop dropped over its limit.")
+
+
+# The fields a result copies from its job, so the learner can match and date it.
+RESULT_IDENTITY = ("job_id", "run_id", "step", "sample_index", "group_index", "version")
+
+
+def result_identity(job: RolloutJob, worker: str) -> dict[str, object]:
+    return {
+        **job.model_dump(include={*RESULT_IDENTITY, "policy_model"}),
+        "worker": worker,
+    }
+
+
+def failed_result(job: RolloutJob, worker: str, error: str, elapsed_ms: float) -> RolloutResult:
+    """A job that produced no episode (the rollout raised, the queue dead-lettered it): scored
+    0 and counted as failed, so the step that waits for it finishes."""
+    return RolloutResult(
+        **result_identity(job, worker),  # type: ignore[arg-type]
+        segments=[],
+        images=[],
+        reward=0.0,
+        components={},
+        answer="",
+        correct=False,
+        zooms=0,
+        zoom_errors=0,
+        rounds=0,
+        completion_tokens=0,
+        error=error,
+        elapsed_ms=elapsed_ms,
+    )

@@ -19,7 +19,7 @@ STATIC = Path(__file__).parents[1] / "services" / "policy" / "static"
 def run_node(tmp_path: Path, script: str) -> object:
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed")
+        pytest.skip("waits for Node.js to run the viewer's pure functions (apt-get install nodejs)")
     for path in STATIC.glob("*.js"):
         shutil.copy(path, tmp_path / path.name)
     (tmp_path / "package.json").write_text('{"type": "module"}')

@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 
 from magsrl.clients.magnifier import MagnifierClient
 from magsrl.clients.policy import PolicyClient, PolicyError, PolicyUnavailable
-from magsrl.proto.rollout import RolloutJob, RolloutResult
+from magsrl.proto.rollout import RolloutJob, RolloutResult, failed_result
 from magsrl.proto.sample import Sample
 from magsrl.trainer.config import TrainerSettings
 from magsrl.trainer.grpo import composed_advantages
@@ -149,32 +149,7 @@ def _reward(result: RolloutResult) -> float:
 
 def dead_result(job: RolloutJob, reason: str) -> RolloutResult:
     """The failed result of a job the queue dead-lettered: scored 0, counted as failed."""
-    return RolloutResult(
-        **job.model_dump(
-            include={
-                "job_id",
-                "run_id",
-                "step",
-                "sample_index",
-                "group_index",
-                "version",
-                "policy_model",
-            }
-        ),
-        worker="queue",
-        segments=[],
-        images=[],
-        reward=0.0,
-        components={},
-        answer="",
-        correct=False,
-        zooms=0,
-        zoom_errors=0,
-        rounds=0,
-        completion_tokens=0,
-        error=f"dead-lettered: {reason}",
-        elapsed_ms=0.0,
-    )
+    return failed_result(job, "queue", f"dead-lettered: {reason}", 0.0)
 
 
 class RunLoop:

@@ -29,7 +29,8 @@ from magsrl.engines.openai_upstream import OpenAIEngine
 from magsrl.engines.settings import EngineSettings
 from magsrl.proto.episode import ServedOptions
 from magsrl.proto.policy import PolicyInfo
-from magsrl.proto.rollout import RolloutJob, RolloutResult
+from magsrl.proto.rollout import RolloutJob, RolloutResult, result_identity
+from magsrl.proto.rollout import failed_result as failed
 from magsrl.trainer.config import WorkerSettings
 from magsrl.trainer.episode_stats import episode_stats
 from magsrl.trainer.limits import job_disagreement
@@ -158,7 +159,7 @@ async def run_job(
     segments = segments_from_rounds(outcome.results, job.eos_token_id)
     zooms = [z for r in outcome.rounds for z in r.zooms]
     return RolloutResult(
-        **identity(job, worker),  # type: ignore[arg-type]
+        **result_identity(job, worker),  # type: ignore[arg-type]
         segments=segments,
         images=encode_images(images_from_messages(outcome.messages)),
         reward=reward.total,
@@ -199,28 +200,9 @@ def superseded(job: RolloutJob, served: list[str]) -> bool:
     return any(v.isdigit() and int(v) > job.version for v in versions)
 
 
-def identity(job: RolloutJob, worker: str) -> dict[str, object]:
-    """The fields a result copies from its job, so the learner can match and date it."""
-    fields = ("job_id", "run_id", "step", "sample_index", "group_index", "version", "policy_model")
-    return {**job.model_dump(include=set(fields)), "worker": worker}
-
-
 def failed_result(job: RolloutJob, worker: str, error: str, started: float) -> RolloutResult:
-    return RolloutResult(
-        **identity(job, worker),  # type: ignore[arg-type]
-        segments=[],
-        images=[],
-        reward=0.0,
-        components={},
-        answer="",
-        correct=False,
-        zooms=0,
-        zoom_errors=0,
-        rounds=0,
-        completion_tokens=0,
-        error=error,
-        elapsed_ms=(time.perf_counter() - started) * 1000,
-    )
+    """``proto.rollout.failed_result`` timed from ``started`` (perf_counter)."""
+    return failed(job, worker, error, (time.perf_counter() - started) * 1000)
 
 
 class RolloutWorker:
