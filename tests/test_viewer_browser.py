@@ -192,8 +192,9 @@ def test_ask_with_key_upload_and_see_the_trace(
     sizes = {(b["width"], b["height"]) for b in (crops.nth(i).bounding_box() for i in range(3))}
     assert len(sizes) == 1  # all three shown at the same size, to compare
 
-    assert p.locator("#timing .seg").count() == 3
-    for part in ("model", "magnifier", "overhead", "total"):
+    # model, magnifier, queue (the hf engine's batch queue) and overhead
+    assert p.locator("#timing .seg").count() == 4
+    for part in ("model", "magnifier", "queue", "overhead", "total"):
         assert "ms" in p.text_content(f"#timing [data-part={part}]")
 
     ARTIFACTS.mkdir(exist_ok=True)
