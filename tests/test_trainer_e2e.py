@@ -216,9 +216,11 @@ def test_a_run_improves_a_learnable_reward(stack: Stack) -> None:
     rewards = [r["reward_mean"] for r in rows]
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     assert last > first + 0.1, f"rewards {[round(r, 3) for r in rewards]}"
-    # A step with no gradient publishes no version (issue 14): one version per update.
+    # A step with no gradient publishes no version (issue 14): one version per update. Once
+    # the reward saturates, a step's groups (and the refilled ones) can all be all-correct,
+    # and such a step rightly makes no update: most steps update, not all (11-14 seen).
     updates = sum(int(r["updated"]) for r in rows)
-    assert info["version"] == updates == rows[-1]["version"] and updates >= 12
+    assert info["version"] == updates == rows[-1]["version"] and updates >= 8
     models = httpx.get(f"{stack.policy.url}/v1/models").json()["data"]
     # Older versions went as newer ones came, and the last with the run's end: a finished
     # run holds none of the policy's adapter slots (issue 16).
