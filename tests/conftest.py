@@ -132,8 +132,17 @@ def start_policy(
 
 
 @pytest.fixture(scope="session")
+def weights_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session policy's MAGSRL_WEIGHTS_ROOTS: adapters it loads must live under it."""
+    return tmp_path_factory.mktemp("weights-root").resolve()
+
+
+@pytest.fixture(scope="session")
 def policy(
-    tmp_path_factory: pytest.TempPathFactory, magnifier: RunningService, tiny_model_dir: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    magnifier: RunningService,
+    tiny_model_dir: Path,
+    weights_root: Path,
 ) -> Iterator[RunningService]:
     service = start_policy(
         tmp_path_factory.mktemp("policy"),
@@ -143,6 +152,7 @@ def policy(
             "MAGSRL_MAX_CONTEXT": "2048",
             "MAGSRL_MAX_IMAGES": "3",
             "MAGSRL_URL_ALLOWLIST": "127.0.0.1",
+            "MAGSRL_WEIGHTS_ROOTS": str(weights_root),
         },
     )
     yield service

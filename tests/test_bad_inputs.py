@@ -309,6 +309,31 @@ CASES = [
         chat("hi", tools=deep_tools(900)),
         422, "nested deeper", id="chat-tool-params-900-deep",
     ),
+    # -- adapter paths: only under the policy's roots (runs_dir, MAGSRL_WEIGHTS_ROOTS) --
+    pytest.param(
+        "policy", "/v1/adapters", {"name": "a", "path": "/" + "x" * 5000}, 422, "4096",
+        id="adapter-path-5000-chars",
+    ),
+    pytest.param(
+        "policy", "/v1/load_lora_adapter", {"lora_name": "a", "lora_path": "/" + "x" * 5000},
+        400, "MAGSRL_WEIGHTS_ROOTS", id="lora-path-5000-chars",
+    ),
+    pytest.param(
+        "policy", "/v1/adapters", {"name": "a", "path": "/etc"}, 400, "MAGSRL_WEIGHTS_ROOTS",
+        id="adapter-path-outside-the-roots",
+    ),
+    pytest.param(
+        "policy", "/v1/load_lora_adapter", {"lora_name": "a", "lora_path": "/proc/self"}, 400,
+        "MAGSRL_WEIGHTS_ROOTS", id="lora-path-outside-the-roots",
+    ),
+    pytest.param(
+        "policy", "/v1/adapters", {"name": "a", "path": "/tmp/a\x00b"}, 400,
+        "MAGSRL_WEIGHTS_ROOTS", id="adapter-path-nul-byte",
+    ),
+    pytest.param(
+        "policy", "/v1/load_lora_adapter", {"lora_name": "a", "lora_path": "runs/x"}, 400,
+        "absolute", id="lora-path-relative",
+    ),
 ]  # fmt: skip
 
 

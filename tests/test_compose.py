@@ -302,6 +302,18 @@ def test_runs_volume_is_shared_at_the_same_path(
         assert "ARG APP_UID=10001" in (REPO / "services" / service / "Dockerfile").read_text()
 
 
+def test_policy_confines_adapters_to_the_runs_volume(services: dict[str, Any]) -> None:
+    """The policy loads adapters only from under its MAGSRL_RUNS_DIR, after resolving
+    symlinks on its own file system (issue 16): without the runs volume at the trainer's
+    path, every adapter the trainer published was refused."""
+    runs_dir = services["trainer"]["environment"]["MAGSRL_RUNS_DIR"]
+    policy = services["policy"]
+    assert policy["environment"]["MAGSRL_RUNS_DIR"] == runs_dir
+    mount = _mounts(policy)[runs_dir]
+    assert mount["source"] == _mounts(services["trainer"])[runs_dir]["source"]
+    assert mount.get("read_only"), "the policy only reads adapters"
+
+
 def test_hf_cache_and_weights_live_in_volumes(services: dict[str, Any]) -> None:
     engine, trainer = services["engine"], services["trainer"]
     hf_home = engine["environment"]["HF_HOME"]

@@ -287,7 +287,7 @@ def test_policy_serves_each_full_version(
         assert _chat(client, "run-v2").status_code == 200
         assert client.delete("/v1/adapters/run-v2").status_code == 400  # not an adapter
         taken = client.post("/v1/adapters", json={"name": "run-v2", "path": str(v2)})
-        assert taken.status_code == 400 and "already loaded" in taken.text
+        assert taken.status_code == 400 and "no peft adapter" in taken.text  # a whole model
 
         outside = learner.save_adapter(tmp_path / "v3")
         refused = client.post("/v1/weights", json={"path": str(outside), "name": "run-v3"})

@@ -295,8 +295,9 @@ def still_serves_model(sdk: openai.OpenAI, model_dir: Path) -> None:
 
 # ---- LoRA adapters ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
-    """A real peft LoRA adapter for the tiny model, with non-zero B so it changes outputs."""
+def adapter_dir(weights_root: Path, tiny_model_dir: Path) -> Path:
+    """A real peft LoRA adapter for the tiny model, with non-zero B so it changes outputs,
+    under the policy's MAGSRL_WEIGHTS_ROOTS (adapters load only from its roots)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -309,7 +310,7 @@ def adapter_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
             r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False
         ),
     )
-    out = tmp_path_factory.mktemp("adapter") / "v1"
+    out = weights_root / "adapter" / "v1"
     model.save_pretrained(out)
     return out
 
@@ -344,10 +345,50 @@ def test_adapter_load_use_unload(
     assert httpx.delete(f"{url}/v1/adapters/run1-v1").status_code == 404
 
 
-def test_adapter_bad_path(policy: RunningService, tmp_path: Path) -> None:
-    resp = httpx.post(f"{policy.url}/v1/adapters", json={"name": "x", "path": str(tmp_path)})
+def test_adapter_bad_path(policy: RunningService, weights_root: Path) -> None:
+    """Inside the roots, a folder without an adapter is a 400 that says what one holds."""
+    empty = weights_root / "not-an-adapter"
+    empty.mkdir(exist_ok=True)
+    resp = httpx.post(f"{policy.url}/v1/adapters", json={"name": "x", "path": str(empty)})
     assert resp.status_code == 400
     assert "adapter_config.json" in resp.json()["error"]["message"]
+
+
+def test_adapter_paths_are_confined_to_the_roots(
+    policy: RunningService, adapter_dir: Path, tmp_path: Path
+) -> None:
+    """Bug: POST /v1/adapters and vLLM's /v1/load_lora_adapter loaded a folder from anywhere
+    on the policy's machine (whoever held the key chose what it read). A copy of a real
+    adapter outside the roots, or a symlink inside a root that leads to it, is refused with
+    one message, which names the roots and how to add one and not the path."""
+    import shutil
+
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(adapter_dir, outside)
+    link = adapter_dir.parent / "link-out"
+    link.symlink_to(outside)
+    messages = set()
+    for path in (str(outside), str(link), str(adapter_dir / ".." / ".." / "..")):
+        for route, body in (
+            ("/v1/adapters", {"name": "escape", "path": path}),
+            ("/v1/load_lora_adapter", {"lora_name": "escape", "lora_path": path}),
+        ):
+            resp = httpx.post(f"{policy.url}{route}", json=body)
+            assert resp.status_code == 400, (route, path, resp.text)
+            error = resp.json()["error"]
+            assert error["param"] in ("path", "lora_path") and path not in error["message"]
+            messages.add(error["message"].replace("lora_path", "path"))
+    assert len(messages) == 1, messages
+    assert "MAGSRL_WEIGHTS_ROOTS" in next(iter(messages))
+    assert "escape" not in [m["id"] for m in httpx.get(f"{policy.url}/v1/models").json()["data"]]
+    ok = httpx.post(
+        f"{policy.url}/v1/load_lora_adapter",
+        json={"lora_name": "inside", "lora_path": str(adapter_dir)},
+    )
+    assert ok.status_code == 200, ok.text
+    assert httpx.post(
+        f"{policy.url}/v1/unload_lora_adapter", json={"lora_name": "inside"}
+    ).is_success
 
 
 # ---- the openai engine, against a second policy process ---------------------------------------
@@ -357,6 +398,7 @@ def proxied(
     policy: RunningService,
     magnifier: RunningService,
     tiny_model_dir: Path,
+    weights_root: Path,
 ) -> Iterator[RunningService]:
     service = start_policy(
         tmp_path_factory.mktemp("proxied"),
@@ -366,6 +408,7 @@ def proxied(
             "MAGSRL_ENGINE": "openai",
             "MAGSRL_UPSTREAM_URL": f"{policy.url}/v1",
             "MAGSRL_SERVED_MODEL_NAME": "policy-via-upstream",
+            "MAGSRL_WEIGHTS_ROOTS": str(weights_root),
         },
     )
     yield service

@@ -95,7 +95,10 @@ def stack(
 ) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("trainer")
     dataset = generate(8, tmp / "synth", SynthConfig(width=320, height=240, image_format="jpeg"))
-    policy = start_policy(tmp / "policy", magnifier.url, str(tiny_model_dir))
+    # The trainer's runs folder is where the policy may load its adapters from.
+    policy = start_policy(
+        tmp / "policy", magnifier.url, str(tiny_model_dir), {"MAGSRL_RUNS_DIR": str(tmp / "runs")}
+    )
     env = {
         "MAGSRL_REDIS_URL": redis_server,
         "MAGSRL_POLICY_URL": policy.url,

@@ -28,7 +28,11 @@ from magsrl.policy.protocol import (
 )
 from magsrl.policy.serving_answer import AnswerService
 from magsrl.policy.serving_chat import ChatService
-from magsrl.policy.weights import confined_model_folder, weights_status
+from magsrl.policy.weights import (
+    confined_adapter_folder,
+    confined_model_folder,
+    weights_status,
+)
 from magsrl.proto.limits import EngineLimits
 from magsrl.proto.policy import (
     AnswerRequest,
@@ -200,8 +204,11 @@ async def limits(answer: AnswerDep) -> EngineLimits:
 
 
 @router.post("/v1/adapters", tags=["adapters"], summary="Load a LoRA adapter while serving")
-async def load_adapter(body: LoadAdapterRequest, engine: EngineDep) -> dict[str, str]:
-    await engine.load_adapter(body.name, body.path)
+async def load_adapter(
+    body: LoadAdapterRequest, engine: EngineDep, settings: SettingsDep
+) -> dict[str, str]:
+    folder = confined_adapter_folder(body.path, settings.allowed_weight_roots())
+    await engine.load_adapter(body.name, str(folder))
     return {"status": "loaded", "name": body.name}
 
 
@@ -244,9 +251,11 @@ async def reset_weights(engine: EngineDep, settings: SettingsDep) -> WeightsStat
 
 # vLLM's runtime-LoRA endpoints, so a policy can stand in for vLLM as an upstream.
 @router.post("/v1/load_lora_adapter", tags=["adapters"], include_in_schema=True)
-async def load_lora_adapter(request: Request, engine: EngineDep) -> Response:
+async def load_lora_adapter(request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
     body = await _json(request)
-    await engine.load_adapter(str(body.get("lora_name", "")), str(body.get("lora_path", "")))
+    path = str(body.get("lora_path", ""))
+    folder = confined_adapter_folder(path, settings.allowed_weight_roots(), param="lora_path")
+    await engine.load_adapter(str(body.get("lora_name", "")), str(folder))
     return Response(f"Success: LoRA adapter '{body.get('lora_name')}' added successfully.")
 
 

@@ -74,12 +74,13 @@ class PolicySettings(ServiceSettings):
     max_adapters: int = Field(8, ge=1, description="LoRA adapters held at once.")
     runs_dir: Path = Field(
         default_factory=lambda: default_cache_dir() / "runs",
-        description="The trainer's run folders (the trainer's MAGSRL_RUNS_DIR): full "
-        "fine-tuning versions that POST /v1/weights may load live under it.",
+        description="The trainer's run folders (the trainer's MAGSRL_RUNS_DIR): the versions "
+        "POST /v1/weights and the adapters POST /v1/adapters may load live under it.",
     )
     weights_roots: CommaList = Field(
         default_factory=list,
-        description="More folders POST /v1/weights may load from (runs_dir always may).",
+        description="More folders POST /v1/weights and /v1/adapters (and vLLM's "
+        "/v1/load_lora_adapter) may load from (runs_dir always may).",
     )
     batch_wait_ms: float = Field(
         0.0,
@@ -140,7 +141,8 @@ class PolicySettings(ServiceSettings):
         return split_comma_list(value)
 
     def allowed_weight_roots(self) -> list[Path]:
-        """Folders whose subfolders ``POST /v1/weights`` may load, resolved."""
+        """Folders whose subfolders ``POST /v1/weights`` and ``/v1/adapters`` may load,
+        resolved."""
         return [Path(root).resolve() for root in (self.runs_dir, *self.weights_roots)]
 
     def served_options(self) -> ServedOptions:

@@ -246,4 +246,9 @@ class ModelList(BaseModel):
 
 class LoadAdapterRequest(BaseModel):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
-    path: str = Field(min_length=1, description="A peft adapter folder readable by the server.")
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="A peft adapter folder (adapter_config.json and adapter_model.safetensors) "
+        "under the policy's runs_dir or weights_roots.",
+    )
