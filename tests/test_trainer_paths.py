@@ -214,3 +214,67 @@ def test_a_big_dataset_is_read_off_the_event_loop(
     assert "MAGSRL_MAX_DATASET_ROWS" in refused(result["resp"], 413, "dataset")
     assert result["took"] > 1.0, "the read must take a while for this test to mean anything"
     assert len(latencies) >= 5 and max(latencies) < result["took"] / 3, latencies
+
+
+def _model_folder(path: Path) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    return path
+
+
+def test_local_models_outside_the_roots_are_refused_alike(
+    client: TestClient, roots: dict[str, Path]
+) -> None:
+    """Bug: a run's ``model`` could be any local folder (the learner loaded whatever it
+    named). Outside the roots (after symlinks) it is refused with one message that names
+    the roots and MAGSRL_WEIGHTS_ROOTS, never the path; nothing is written."""
+    outside = _model_folder(roots["outside"] / "model")
+    (roots["data"] / "link-model").symlink_to(outside)
+    messages = {
+        path: refused(client.post("/v1/runs", json=body(roots, model=path)), 400, "model")
+        for path in (
+            str(outside),
+            str(roots["outside"] / "missing"),
+            "/etc",
+            str(roots["data"] / "link-model"),
+            str(roots["data"] / ".." / "outside" / "model"),
+            "/" + "x" * 5000,
+            "run\x00x",
+        )
+    }
+    assert len(set(messages.values())) == 1, messages
+    assert "MAGSRL_WEIGHTS_ROOTS" in next(iter(messages.values()))
+    for path, message in messages.items():
+        assert path not in message
+    assert list(roots["runs"].iterdir()) == []
+    assert client.get("/health").status_code == 200
+
+
+def test_local_models_inside_the_roots_hub_ids_and_tiny_are_accepted(
+    roots: dict[str, Path],
+) -> None:
+    """The accepted forms: a model folder under a data root or MAGSRL_WEIGHTS_ROOTS (stored
+    resolved, as checked), a Hugging Face id and tiny (unchanged); a folder inside the roots
+    without config.json is a 400 that says so. (The manager is not started.)"""
+    from magsrl.common.errors import BadRequest
+
+    inside = _model_folder(roots["data"] / "model")
+    extra = _model_folder(roots["outside"] / "weights" / "model")
+
+    async def main() -> None:
+        async with httpx.AsyncClient() as http:
+            manager = RunManager(settings(roots, weights_roots=[str(extra.parent)]), http)
+            for model, stored in (
+                (str(roots["data"] / "." / "model"), str(inside.resolve())),
+                (str(extra), str(extra.resolve())),
+                ("Qwen/Qwen2.5-VL-3B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct"),
+                ("tiny", "tiny"),
+            ):
+                run = await manager.submit(RunConfig.model_validate(body(roots, model=model)))
+                assert run.config.model == stored
+            with pytest.raises(BadRequest, match="not a model folder"):
+                await manager.submit(
+                    RunConfig.model_validate(body(roots, model=str(roots["data"])))
+                )
+
+    asyncio.run(main())

@@ -26,6 +26,12 @@ class TrainerSettings(ServiceSettings):
         "read from, besides the runs directory; paths are checked after resolving symlinks. "
         "Empty: the trainer's working directory and the magsrl cache (~/.cache/magsrl).",
     )
+    weights_roots: CommaList = Field(
+        default_factory=list,
+        description="More folders (comma-separated) a run's local `model` folder may be "
+        "loaded from, besides the data roots, the runs directory and the Hugging Face cache "
+        "(HF_HOME); the same variable as the policy's.",
+    )
     max_dataset_bytes: int = Field(
         1 << 30, ge=1, description="Largest dataset or curriculum file a run may name; 413."
     )
@@ -70,7 +76,7 @@ class TrainerSettings(ServiceSettings):
         None, ge=1, le=64, description="As the policy's: images per prompt, for rollouts."
     )
 
-    @field_validator("data_roots", mode="before")
+    @field_validator("data_roots", "weights_roots", mode="before")
     @classmethod
     def _roots(cls, value: object) -> object:
         return split_comma_list(value)
@@ -79,6 +85,17 @@ class TrainerSettings(ServiceSettings):
         """Where a run may read from, resolved: the data roots (or their default) and runs."""
         roots = [Path(r) for r in self.data_roots] or [Path.cwd(), default_cache_dir()]
         return [Path(os.path.realpath(r)) for r in [*roots, self.runs_dir]]
+
+    def model_roots(self) -> list[Path]:
+        """Where a run's local ``model`` may be loaded from, resolved: the read roots, the
+        Hugging Face cache (compose mounts the engine's there) and the weights roots."""
+        from magsrl.models.hub import hub_cache_dir
+
+        caches = [hub_cache_dir()]
+        if os.environ.get("HF_HOME"):
+            caches.append(Path(os.environ["HF_HOME"]))
+        extra = [Path(os.path.realpath(r)) for r in [*caches, *self.weights_roots]]
+        return [*self.read_roots(), *extra]
 
 
 class WorkerSettings(ServiceSettings):

@@ -2,7 +2,8 @@
 
 A run's outputs go only under the trainer's runs directory (``output_dir`` names a
 subfolder, never a path); its dataset, curriculum and images are read only from the data
-roots (``MAGSRL_DATA_ROOTS``) and the runs directory, checked after resolving symlinks.
+roots (``MAGSRL_DATA_ROOTS``) and the runs directory, and a local ``model`` folder also from
+the Hugging Face cache and ``MAGSRL_WEIGHTS_ROOTS``, checked after resolving symlinks.
 A path outside the roots gets one message whatever exists there, so the API is no oracle
 for the trainer's file system. Plain Python: ``runs.py`` calls it, the HTTP layer renders
 the errors.
@@ -23,13 +24,22 @@ from magsrl.common.errors import BadRequest, Conflict, PayloadTooLarge
 MAX_PATH_CHARS = 4096
 # A subfolder of the runs directory: one name, no separators, no dot-dot.
 RUN_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# A Hugging Face repo id, ``name`` or ``org/name``: never absolute, no ``..`` component.
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")
+MODEL_CONFIG = "config.json"
 
 
 def _roots_text(roots: Sequence[Path]) -> str:
     return ", ".join(str(r) for r in roots)
 
 
-def confine(value: str, roots: Sequence[Path], param: str) -> Path:
+def confine(
+    value: str,
+    roots: Sequence[Path],
+    param: str,
+    *,
+    allow: str = "set MAGSRL_DATA_ROOTS on the trainer to allow another",
+) -> Path:
     """``value`` resolved (symlinks followed) if it lies under one of ``roots``.
 
     Outside them, or unreadable, or not a plain file or folder, the error is the same, so
@@ -37,7 +47,7 @@ def confine(value: str, roots: Sequence[Path], param: str) -> Path:
     """
     refused = BadRequest(
         f"{param} must name a readable file or folder under the trainer's data roots "
-        f"({_roots_text(roots)}); set MAGSRL_DATA_ROOTS on the trainer to allow another",
+        f"({_roots_text(roots)}); {allow}",
         param=param,
     )
     if len(value) > MAX_PATH_CHARS or "\x00" in value:
@@ -58,6 +68,32 @@ def confine(value: str, roots: Sequence[Path], param: str) -> Path:
             param=param,
         )
     return resolved
+
+
+def confine_model(value: str, roots: Sequence[Path]) -> str:
+    """A run's ``model`` as the run will load it: ``tiny`` names and Hugging Face ids
+    unchanged, a local folder resolved if it is a model folder under ``roots`` (the run
+    loads whatever folder it names, so it is confined like a dataset)."""
+    from magsrl.models.tiny import TINY_PREFIX, tiny_name
+    from magsrl.zoom.families import FAMILIES
+
+    if value in {TINY_PREFIX, *(tiny_name(family) for family in FAMILIES)}:
+        return value  # the tiny model is built in the magsrl cache
+    # models.tiny.resolve_model loads an existing path before trying the Hub.
+    if HUB_ID.match(value) and not Path(value).exists():
+        return value
+    path = confine(
+        os.path.expanduser(value),
+        roots,
+        "model",
+        allow="set MAGSRL_WEIGHTS_ROOTS on the trainer to allow another folder, or give a "
+        "Hugging Face id or tiny",
+    )
+    if not (path / MODEL_CONFIG).is_file():
+        raise BadRequest(
+            f"model {value} is not a model folder ({MODEL_CONFIG} and weights)", param="model"
+        )
+    return str(path)
 
 
 def check_size(path: Path, max_bytes: int, param: str) -> None:

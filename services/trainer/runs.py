@@ -21,7 +21,7 @@ from magsrl.common.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from magsrl.common.files import atomic_write_text
 from magsrl.proto.trainer import TERMINAL, Checkpoint, RunEvent, RunInfo, RunStatus
 from magsrl.trainer.config import TrainerSettings
-from magsrl.trainer.paths import check_size, confine, run_folder
+from magsrl.trainer.paths import check_size, confine, confine_model, run_folder
 from magsrl.trainer.recovery import DEPENDENCY_POLL_MAX_S, dependencies_up, dependency_errors
 from magsrl.trainer.run_config import RunConfig
 from magsrl.trainer.run_loop import Hooks, RunFailed, RunLoop, adapter_name
@@ -105,6 +105,7 @@ class RunManager:
         # Reading a dataset takes seconds for 100k rows: off the event loop, so /health and
         # every other request keep being answered meanwhile.
         config = await asyncio.to_thread(self._check_dataset, config)
+        config = await asyncio.to_thread(self._check_model, config)
         out = run_folder(config.output_dir, self.settings.runs_dir, run_id)  # taken meanwhile?
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config.to_yaml())
@@ -154,6 +155,11 @@ class RunManager:
         except (ValueError, OSError) as exc:
             raise BadRequest(_dataset_problem(exc, path), param="dataset") from exc
         return config
+
+    def _check_model(self, config: RunConfig) -> RunConfig:
+        """A local model folder only from the trainer's roots, resolved as it was checked."""
+        model = confine_model(config.model, self.settings.model_roots())
+        return config.model_copy(update={"model": model})
 
     def get(self, run_id: str) -> Run:
         run = self.runs.get(run_id)
