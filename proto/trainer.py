@@ -7,8 +7,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+# paused: the run holds the training slot but waits for Redis, the policy or the magnifier
+# to answer again (its status event says which and why); it then goes back to running.
+RunStatus = Literal["queued", "running", "paused", "completed", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+# In the training slot when the trainer stopped: resumed first after a restart.
+IN_SLOT: frozenset[str] = frozenset({"running", "paused"})
 
 
 class RunCreated(BaseModel):
@@ -39,6 +43,9 @@ class RunInfo(BaseModel):
     adapter: str | None = Field(None, description="The final adapter, once the run completed.")
     plots: list[str] = Field(default_factory=list)
     error: str | None = None
+    reason: str | None = Field(
+        None, description="While paused: which dependency is away and why (else null)."
+    )
     warnings: list[str] = Field(default_factory=list)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from magsrl.cli.train import DEFAULT_URL, auth_headers, follow
 
 HTTP_TIMEOUT_S = 30.0
+STATUS_STYLE = {"paused": "[yellow]", "failed": "[red]", "completed": "[green]"}
 
 
 def register(sub: Any) -> None:
@@ -89,13 +90,17 @@ def list_runs(url: str, headers: dict[str, str], console: Any) -> int:
         metrics = info.get("metrics", {})
         table.add_row(
             info["run_id"],
-            info["status"],
+            STATUS_STYLE.get(info["status"], "") + info["status"],
             f"{info['step']}/{info['total']}",
             _metric(metrics, "reward_mean"),
             _metric(metrics, "accuracy"),
             time.strftime("%Y-%m-%d %H:%M", time.localtime(info["created_at"])),
         )
     console.print(table)
+    for info in body["runs"]:
+        # A paused run waits for a dependency: say which, or it looks stuck.
+        if info["status"] == "paused" and info.get("reason"):
+            console.print(f"{info['run_id']}: {info['reason']}", style="yellow", markup=False)
     return 0
 
 

@@ -172,6 +172,8 @@ def follow(url: str, run_id: str, headers: dict[str, str], total: int, console: 
                     bar.console.print(f"[yellow]step {event['step']}: {event['message']}")
                 elif event["type"] == "status":
                     status = event["status"]
+                    paused = " (paused)" if status == "paused" else ""
+                    bar.update(task, description=f"{run_id}{paused}")
                     if event.get("message"):
                         bar.console.print(f"{status}: {event['message']}")
     except KeyboardInterrupt:

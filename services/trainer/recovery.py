@@ -38,6 +38,22 @@ def dependency_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def away(exc: BaseException) -> str:
+    """Which dependency ``exc`` (one of ``dependency_errors``) says is away, and its words:
+    the reason a paused run gives."""
+    if isinstance(exc, QueueUnavailable | RedisConnectionError | RedisTimeoutError):
+        return f"Redis is away ({exc})"
+    if isinstance(exc, MagnifierUnavailable):
+        return f"the magnifier is away ({exc})"
+    if isinstance(exc, httpx.TransportError):
+        try:
+            where = f" at {exc.request.url.scheme}://{exc.request.url.netloc.decode()}"
+        except RuntimeError:  # no request attached
+            where = ""
+        return f"a service{where} does not answer ({exc.__class__.__name__}: {exc})"
+    return str(exc)  # DependencyDown: its message names the service
+
+
 async def dependencies_up(settings: TrainerSettings, http: httpx.AsyncClient) -> bool:
     """True when Redis answers PING and the policy and magnifier answer ``/ready``."""
     client = aioredis.Redis.from_url(

@@ -19,10 +19,15 @@ import httpx
 from magsrl.clients.policy import PolicyClient, PolicyError
 from magsrl.common.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from magsrl.common.files import atomic_write_text
-from magsrl.proto.trainer import TERMINAL, Checkpoint, RunEvent, RunInfo, RunStatus
+from magsrl.proto.trainer import IN_SLOT, TERMINAL, Checkpoint, RunEvent, RunInfo, RunStatus
 from magsrl.trainer.config import TrainerSettings
 from magsrl.trainer.paths import check_size, confine, confine_model, run_folder
-from magsrl.trainer.recovery import DEPENDENCY_POLL_MAX_S, dependencies_up, dependency_errors
+from magsrl.trainer.recovery import (
+    DEPENDENCY_POLL_MAX_S,
+    away,
+    dependencies_up,
+    dependency_errors,
+)
 from magsrl.trainer.run_config import RunConfig
 from magsrl.trainer.run_loop import Hooks, RunFailed, RunLoop, adapter_name
 from magsrl.trainer.schedule import Schedule, load_run_samples
@@ -73,10 +78,10 @@ class RunManager:
                 continue
             run = Run(info, config, events=self._read_events(status_file.parent))
             self.runs[info.run_id] = run
-            if info.status in ("queued", "running"):
+            if info.status == "queued" or info.status in IN_SLOT:
                 interrupted.append(run)
         for run in sorted(
-            interrupted, key=lambda r: (r.info.status != "running", r.info.created_at)
+            interrupted, key=lambda r: (r.info.status not in IN_SLOT, r.info.created_at)
         ):
             if self.settings.resume:
                 log.info("resuming run %s at step %d", run.info.run_id, run.info.step)
@@ -239,6 +244,7 @@ class RunManager:
             run.info.finished_at = now
         if status == "failed":
             run.info.error = message
+        run.info.reason = message if status == "paused" else None
         self._emit(run, self._event(run, "status", status=status, message=message))
 
     def _hooks(self, run: Run) -> Hooks:
@@ -293,8 +299,9 @@ class RunManager:
             await asyncio.sleep(0)
 
     async def _train(self, run: Run) -> dict[str, object]:
-        """The run to its end; while Redis, the policy or the magnifier is away it pauses
-        (a warning event) and resumes from its last checkpoint once they answer again."""
+        """The run to its end; while Redis, the policy or the magnifier is away it is
+        "paused" (a status event with the reason) and, once they answer again, "running"
+        from its last checkpoint."""
         while True:
             loop = RunLoop(
                 run.info.run_id, run.config, run.dir, self.settings, self._hooks(run), self.http
@@ -305,13 +312,15 @@ class RunManager:
             except dependency_errors() as exc:
                 if run.cancelled.is_set():
                     raise asyncio.CancelledError from exc
-                self._hooks(run).on_warning(
-                    run.info.step,
-                    f"paused at step {run.info.step}: {exc}; the run resumes from its last "
-                    "checkpoint when the dependency answers again",
+                self._set_status(
+                    run,
+                    "paused",
+                    f"paused at step {run.info.step}: {away(exc)}; the run resumes from its last "
+                    "checkpoint when the dependency answers again "
+                    f"(for up to {self.settings.dependency_wait_s:g}s, MAGSRL_DEPENDENCY_WAIT_S)",
                 )
                 await self._wait_for_dependencies(run, exc)
-                self._emit(run, self._event(run, "status", status="running", message="resumed"))
+                self._set_status(run, "running", "resumed: the dependencies answer again")
             finally:
                 keeper.cancel()
 
