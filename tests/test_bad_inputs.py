@@ -334,6 +334,14 @@ CASES = [
         "policy", "/v1/load_lora_adapter", {"lora_name": "a", "lora_path": "runs/x"}, 400,
         "absolute", id="lora-path-relative",
     ),
+    pytest.param(
+        "policy", "/v1/weights", {"path": "/tmp/a\x00b"}, 400, "MAGSRL_WEIGHTS_ROOTS",
+        id="weights-path-nul-byte",
+    ),
+    pytest.param(
+        "policy", "/v1/load_lora_adapter", {"lora_name": "a", "lora_path": "/\ud800"}, 400,
+        "MAGSRL_WEIGHTS_ROOTS", id="lora-path-lone-surrogate",
+    ),
 ]  # fmt: skip
 
 

@@ -64,7 +64,10 @@ def confined_folder(path: str, roots: list[Path], kind: FolderKind, param: str =
         raise BadRequest(f"{param} '{path}' must be absolute", param=param)
     # realpath, not a check of the given string: a symlink that leads out of a root is
     # judged by its target.
-    resolved = Path(os.path.realpath(path))
+    try:
+        resolved = Path(os.path.realpath(path))
+    except ValueError:  # a lone surrogate cannot become a file name (UnicodeEncodeError)
+        raise outside from None
     if not any(resolved != root and resolved.is_relative_to(root) for root in roots):
         raise outside
     try:
