@@ -310,7 +310,7 @@ def test_mini_o3_reads_one_grounding_per_turn_and_answers_errors_as_the_peer() -
         [0.5, 0.5, 0.9, 0.9], "original_image"
     )
     assert [c.box for c in mini_o3.parse(two)] == [(0.1, 0.1, 0.5, 0.5)]
-    outcome, engine, magnifier = replay(
+    outcome, _, magnifier = replay(
         scene((800, 600)),
         [
             grounding([0.1, 0.1, 0.5, 0.5], "observation_3"),

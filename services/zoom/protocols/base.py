@@ -135,9 +135,9 @@ class ZoomProtocol:
 
 
 def prompt_tool(system_prompt: str) -> dict[str, Any]:
-    """The function schema a peer wrote into its system prompt (the line between ``<tools>``
+    """The function schema a peer wrote into its system prompt (the line after the ``<tools>`` line
     and ``</tools>``), so the chat API recognises the very schema the checkpoint read."""
-    body = system_prompt.split("<tools>", 1)[1].split("</tools>", 1)[0]
+    body = system_prompt.split("<tools>\n", 1)[1].split("</tools>", 1)[0]
     return json.loads(body)
 
 
