@@ -204,7 +204,7 @@ def test_a_learner_step_trains_on_peer_episodes(tiny_model_dir: Path) -> None:
     assert (
         metrics["tokens"]
         == batch.completion_tokens
-        == sum(len(s) for r in results for s in r.segments if s.mask)
+        == sum(len(s.ids) for r in results for s in r.segments if s.mask)
     )
     assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])
     after = dict(learner.model.named_parameters())
