@@ -97,7 +97,7 @@ def feedback(fb: Feedback) -> list[Message]:
 PROTOCOL = ZoomProtocol(
     name="chain_of_focus",
     title="Chain-of-Focus",
-    source="xtong-zhang/Chain-of-Focus eval/vstar/vllm_inference.py (SYSTEM_PROMPT, "
+    source="xtong-zhang/Chain-of-Focus (638b9ba) eval/vstar/vllm_inference.py (SYSTEM_PROMPT, "
     "USER_PROMPT, resize_image, find_absolute_bboxes, do_crop, max_iterations)",
     call_format='<think>…</think> <tool_call>{"name": "image_zoom_in_tool", "arguments": '
     '{"bbox_2d": [x1, y1, x2, y2], "label": "…"}}</tool_call>',

@@ -184,8 +184,10 @@ def feedback(fb: Feedback) -> list[Message]:
 PROTOCOL = ZoomProtocol(
     name="mini_o3",
     title="Mini-o3",
-    source="Mini-o3/Mini-o3: TOOL_CROP_SYSTEM_PROMPT, TOOL_CALL_CROP_MULTI_TRUN_PROMPT, "
-    "verl/workers/rollout/vllm_rollout/function_tools.py prepare_grounding_inputs_multi_turn",
+    source="Mini-o3/Mini-o3 (8654dbf): verl/trainer/constants.py (the prompts), "
+    "verl/workers/rollout/vllm_rollout/vllm_async_engine.py process_tool_call (the "
+    "<grounding> regex, the turn layout), verl/workers/rollout/vllm_rollout/function_tools.py "
+    "prepare_grounding_inputs_multi_turn (the box), README.md (12 turns at test time)",
     call_format='<grounding>{"bbox_2d": [x0, y0, x1, y1], "source": "original_image"}</grounding>',
     coordinates="norm1",
     convention=Convention.NORM1,
