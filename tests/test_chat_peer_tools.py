@@ -238,3 +238,36 @@ def test_peer_stream_parser_matches_the_one_shot_parse(size: int) -> None:
     content, calls = tools.parse(text)
     assert "".join(e.text for e in events if not isinstance(e, dict)) == content
     assert [e for e in events if isinstance(e, dict)] == calls and len(calls) == 1
+
+
+def test_mini_o3_call_sent_back_is_written_as_the_model_wrote_it(chat: Chat) -> None:
+    """Pins the next turn's prompt: a client sending Mini-o3's call back as OpenAI
+    tool_calls would have the template render a <tool_call> block with a `grounding`
+    function the checkpoint never wrote; the assistant turn now carries the
+    <grounding> text instead (DeepEyes' calls are <tool_call>s already and stay)."""
+    tool = PROTOCOLS["mini_o3"].chat_tool
+    assert tool is not None
+    engine = chat.script([MINI_O3_TURN, "<think>red</think><answer>red</answer>"])
+    first = chat.sdk.chat.completions.create(
+        model="m",
+        messages=messages(MINI_O3_SYSTEM),  # type: ignore[arg-type]
+        tools=[tool()],  # type: ignore[list-item]
+    )
+    message = first.choices[0].message
+    history = [
+        *messages(MINI_O3_SYSTEM),
+        message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": (message.tool_calls or [])[0].id, "content": "crop"},
+    ]
+    second = chat.sdk.chat.completions.create(
+        model="m",
+        messages=history,  # type: ignore[arg-type]
+        tools=[tool()],  # type: ignore[list-item]
+    )
+    assert second.choices[0].finish_reason == "stop"
+    sent = engine.requests[1].messages[2]
+    assert sent["role"] == "assistant" and "tool_calls" not in sent
+    assert sent["content"] == (
+        '<think>Closer still.</think> <grounding>{"bbox_2d": [0.5, 0.5, 1, 1], '
+        '"source": "observation_1"}</grounding>'
+    )

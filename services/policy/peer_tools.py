@@ -24,7 +24,7 @@ from magsrl.zoom.blocks import cut
 from magsrl.zoom.protocols import PROTOCOLS, ZoomProtocol
 from magsrl.zoom.toolcalls import tool_call_id
 
-__all__ = ["PeerCallParser", "PeerTools", "peer_tools"]
+__all__ = ["PeerCallParser", "PeerTools", "peer_tools", "written_back"]
 
 # A tool call ready for ``ToolCall(**...)``: {"id", "type", "function": {name, arguments}}.
 OpenAICall = dict[str, Any]
@@ -65,6 +65,38 @@ class PeerTools:
             if call.usable and call.box is not None
         ]
         return content, out
+
+
+def written_back(message: dict[str, Any], tools: PeerTools | None) -> dict[str, Any]:
+    """An engine-format assistant message whose ``tool_calls`` of the peer's tool are put
+    back into its text as the model writes them (``render_call``: Mini-o3's
+    ``<grounding>``), since the chat template would render them as ``<tool_call>`` blocks
+    the checkpoint never wrote. The joiner between content and call is a space (the
+    sampled one is not in the message). Other messages come back unchanged."""
+    render = tools.protocol.render_call if tools is not None else None
+    calls = message.get("tool_calls") or []
+    if render is None or message.get("role") != "assistant" or not calls:
+        return message
+    assert tools is not None
+    ours = [c for c in calls if c["function"]["name"] == tools.name]
+    written = []
+    for call in ours:
+        try:
+            written.append(render(json.loads(call["function"]["arguments"])))
+        except ValueError:
+            written.append(call["function"]["arguments"])  # not JSON: as the client sent it
+    content = message.get("content") or ""
+    if isinstance(content, list):
+        content = [*content, {"type": "text", "text": " " + " ".join(written)}]
+    else:
+        content = " ".join([content, *written]) if content else " ".join(written)
+    out = {**message, "content": content}
+    rest = [c for c in calls if c not in ours]
+    if rest:
+        out["tool_calls"] = rest
+    else:
+        out.pop("tool_calls")
+    return out
 
 
 def peer_tools(tool_names: Sequence[str], preferred: ZoomProtocol) -> PeerTools | None:

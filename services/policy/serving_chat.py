@@ -13,7 +13,7 @@ from typing import Any
 from magsrl.common.errors import APIError, BadRequest, error_body
 from magsrl.common.images import decode_b64, decode_image
 from magsrl.policy.config import PolicySettings
-from magsrl.policy.peer_tools import PeerCallParser, PeerTools, peer_tools
+from magsrl.policy.peer_tools import PeerCallParser, PeerTools, peer_tools, written_back
 from magsrl.policy.protocol import (
     AssistantMessage,
     ChatCompletionChunk,
@@ -69,7 +69,8 @@ class ChatService:
     def to_engine_request(self, req: ChatCompletionRequest) -> GenerationRequest:
         self.engine.check_model(req.model)
         tools = self._tools(req)
-        messages = [self._message(i, m) for i, m in enumerate(req.messages)]
+        peer = self.peer_tools(req)
+        messages = [written_back(self._message(i, m), peer) for i, m in enumerate(req.messages)]
         n_images = sum(
             1
             for m in messages
@@ -83,7 +84,6 @@ class ChatService:
                 f"{self.settings.max_images} (MAGSRL_MAX_IMAGES)",
                 param="messages",
             )
-        peer = self.peer_tools(req)
         if peer is not None and not peer.forward_tools:
             tools = None
         sampling = SamplingParams(

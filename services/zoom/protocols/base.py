@@ -92,6 +92,9 @@ class ZoomProtocol:
     chat_parse: Callable[[str], list[ZoomCall]] | None = None  # None: ``parse``
     tool_arguments: Callable[[ZoomCall], dict[str, Any]] = peer_arguments
     call_open: str = "<tool_call>"  # how a call starts in the text (held back when streaming)
+    # A call a chat client sends back in an assistant turn (its arguments), as the model
+    # writes it, where the template's <tool_call> rendering is not the peer's (Mini-o3).
+    render_call: Callable[[dict[str, Any]], str] | None = None
     native: bool = False  # magsrl's own: the chat layer's incremental zoom parser serves it
     crop_wrapper: str | None = None
     format_issues: Callable[[str, bool], list[str]] | None = None  # (text, final)

@@ -203,6 +203,7 @@ PROTOCOL = ZoomProtocol(
     chat_tool=chat_tool,
     tool_arguments=tool_arguments,
     call_open="<grounding>",
+    render_call=lambda arguments: f"<grounding>{json.dumps(arguments)}</grounding>",
     feedback=feedback,
     user_text=lambda q, options: format_options(q, options) if options else q,
     format_issues=answer_issues,
