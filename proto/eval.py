@@ -188,6 +188,14 @@ class ArmStats(BaseModel):
     zoom_errors: int
     boxes: BoxStats
     latency: LatencyStats
+    max_rounds: int | None = Field(
+        None,
+        description="The turn limit the arm's episodes ran under; None when the policy "
+        "chose its protocol and did not say which.",
+    )
+    max_rounds_from: str | None = Field(
+        None, description="Where max_rounds came from: the eval config, the protocol, zoom off."
+    )
 
 
 class McNemar(BaseModel):

@@ -279,19 +279,53 @@ def test_mini_o3_bad_source_is_told_to_the_model() -> None:
 
 
 def test_mini_o3_parser_reads_the_peer_output_forms() -> None:
-    """Pins the parser on the peer's outputs: both sources, a missing source meaning the
-    original, and bad JSON or an unknown source as errors (never an exception)."""
-    calls = mini_o3.parse(
-        '<grounding>{"bbox_2d": [0.1, 0.2, 0.3, 0.4], "source": "observation_2"}</grounding>'
-        '<grounding>{"bbox_2d": [0.1, 0.2, 0.3, 0.4]}</grounding>'
-        "<grounding>{bbox_2d: oops}</grounding>"
-        '<grounding>{"bbox_2d": [0, 0, 1, 1], "source": "image_2"}</grounding>'
+    """Pins the parser on the peer's outputs, by Mini-o3/Mini-o3's own rules
+    (vllm_async_engine.py process_tool_call, function_tools.py
+    prepare_grounding_inputs_multi_turn): both sources, a source with a suffix read by
+    its prefix (re.match), and bad JSON, an unknown source or a missing source (the peer's
+    regex requires it; it was read as the original) as errors, never an exception."""
+
+    def one(args: str) -> Any:
+        calls = mini_o3.parse(f"<grounding>{args}</grounding>")
+        assert len(calls) == 1
+        return calls[0]
+
+    ok = one('{"bbox_2d": [0.1, 0.2, 0.3, 0.4], "source": "observation_2"}')
+    assert (ok.box, ok.img_idx, ok.error) == ((0.1, 0.2, 0.3, 0.4), 2, None)
+    assert one('{"bbox_2d": [0, 0, 1, 1], "source": "original_image"}').img_idx == 0
+    assert one('{"bbox_2d": [0, 0, 1, 1], "source": "observation_1 "}').img_idx == 1
+    assert "source" in (one('{"bbox_2d": [0.1, 0.2, 0.3, 0.4]}').error or "")
+    assert one("{bbox_2d: oops}").error
+    assert "image_2" in (one('{"bbox_2d": [0, 0, 1, 1], "source": "image_2"}').error or "")
+
+
+def test_mini_o3_reads_one_grounding_per_turn_and_answers_errors_as_the_peer() -> None:
+    """Pins two departures from Mini-o3/Mini-o3 (8654dbf): every <grounding> of a turn was
+    read, where the peer's rollout stops at </grounding> (ppo_trainer.yaml `stop`) and
+    reads one; and a failed request came back as "Error: ..." where process_tool_call
+    writes "ERROR occurs during grounding. Error Information: {e}.\\n" followed by
+    ERROR_INFO_MULTI_TURN_PROMPT. The observation after turn k is numbered k + 1, as
+    process_tool_call numbers it (observation_turn=current_iteration+1)."""
+    two = grounding([0.1, 0.1, 0.5, 0.5], "original_image") + grounding(
+        [0.5, 0.5, 0.9, 0.9], "original_image"
     )
-    assert [(c.box, c.img_idx, c.error is None) for c in calls[:2]] == [
-        ((0.1, 0.2, 0.3, 0.4), 2, True),
-        ((0.1, 0.2, 0.3, 0.4), 0, True),
-    ]
-    assert calls[2].error and calls[3].error and "image_2" in calls[3].error
+    assert [c.box for c in mini_o3.parse(two)] == [(0.1, 0.1, 0.5, 0.5)]
+    outcome, _, magnifier = replay(
+        scene((800, 600)),
+        [
+            grounding([0.1, 0.1, 0.5, 0.5], "observation_3"),
+            grounding([0.1, 0.1, 0.5, 0.5], "original_image"),
+            "<answer>red</answer>",
+        ],
+        protocol="mini_o3",
+    )
+    turns = outcome.messages[2:]  # the engine keeps the live list: read the final one
+    error = flatten(turns[1]["content"])
+    assert error.startswith("ERROR occurs during grounding. Error Information: ")
+    assert error.endswith(".\n" + mini_o3.ERROR_PROMPT)
+    observation = flatten(turns[3]["content"])
+    assert observation == MO3_OBSERVATION.format(action_turn=1, observation_turn=2)
+    assert len(magnifier.calls) == 1
 
 
 # ---- MGPO -----------------------------------------------------------------------------

@@ -175,7 +175,7 @@ async def _evaluate(config: Any, settings: Any, samples: list[Any], kind: str, c
     from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
     from magsrl.eval.backends import BackendDown, make_backend
-    from magsrl.eval.report import build_report, write_report
+    from magsrl.eval.report import arm_turn_limit, build_report, write_report
     from magsrl.eval.runner import Eta, run_eval
     from magsrl.proto.eval import EvalRecord
 
@@ -224,6 +224,7 @@ async def _evaluate(config: Any, settings: Any, samples: list[Any], kind: str, c
         elapsed_s=summary.elapsed_s,
         total_elapsed_s=summary.total_elapsed_s,
         runs=summary.runs,
+        turn_limits={a.name: arm_turn_limit(config, a, described) for a in config.arms},
     )
     paths = write_report(report, config.out)
     _print_summary(console, report)
@@ -284,12 +285,13 @@ async def _evaluate_side_by_side(
     console: Any,
 ) -> int:
     from magsrl.eval.backends import BackendDown, make_backend
-    from magsrl.eval.report import build_report, write_report
+    from magsrl.eval.report import arm_turn_limit, build_report, write_report
     from magsrl.eval.runner import run_eval
     from magsrl.eval.side_by_side import relabel
 
     arms: list[Any] = []
     records: list[Any] = []
+    limits: dict[str, Any] = {}
     described: dict[str, str] = {}
     elapsed, stopped = 0.0, []
     total: float | None = 0.0  # every run of every contender, resumed ones included
@@ -307,6 +309,12 @@ async def _evaluate_side_by_side(
         finally:
             await backend.close()
         named, renamed = relabel(label, config.arms, summary.records.values())
+        limits.update(
+            {
+                n.name: arm_turn_limit(config, a, about)
+                for n, a in zip(named, config.arms, strict=True)
+            }
+        )
         arms += named
         records += renamed
         described.update({f"{label}.{k}": str(v) for k, v in about.items()})
@@ -334,6 +342,7 @@ async def _evaluate_side_by_side(
         elapsed_s=elapsed,
         total_elapsed_s=total,
         runs=resumed,
+        turn_limits=limits,
     )
     paths = write_report(report, out)
     _print_summary(console, report)

@@ -10,6 +10,7 @@ be answered now: the run stops, keeping its results, and resumes later).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -93,7 +94,12 @@ class PolicyBackend:
         names = [m.id for m in models]
         if self.model is not None and self.model not in names:
             raise BackendDown(f"the policy does not serve {self.model!r} (it has {names})")
-        return {"kind": "policy", "url": self.url, "model": self.model or names[0]}
+        described = {"kind": "policy", "url": self.url, "model": self.model or names[0]}
+        # The protocol it serves decides an unset turn limit (the report says which); an
+        # older policy without /v1/policy/info leaves it unknown.
+        with contextlib.suppress(PolicyError):
+            described["protocol"] = (await self.client.info()).served.protocol
+        return described
 
     async def answer(self, request: AnswerRequest) -> AnswerResponse:
         async def call() -> AnswerResponse:

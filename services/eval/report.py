@@ -10,6 +10,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from magsrl.eval import stats
+from magsrl.eval.config import EvalConfig
+from magsrl.eval.results import turn_limit
 from magsrl.proto.eval import (
     ACCURACY_PLOT,
     REPORT_JSON,
@@ -27,6 +29,16 @@ from magsrl.proto.eval import (
 )
 
 UNCATEGORISED = "(none)"
+
+
+def arm_turn_limit(
+    config: EvalConfig, arm: ArmSpec, described: dict[str, str]
+) -> tuple[int | None, str]:
+    """The turn limit ``arm``'s episodes ran under (``turn_limit``; one round with zoom
+    off, as the loop runs it), ``described`` being the backend's ``describe()``."""
+    if arm.zoom == "off":
+        return 1, "zoom off: one round"
+    return turn_limit(config, described.get("protocol"), described.get("model"))
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
@@ -142,9 +154,12 @@ def build_report(
     elapsed_s: float,
     total_elapsed_s: float | None = None,
     runs: int = 1,
+    turn_limits: dict[str, tuple[int | None, str]] | None = None,
 ) -> EvalReport:
     """The report over ``arms`` and ``sample_ids`` (records of other samples or arms in the
-    file are left out, so the report describes exactly the experiment asked for)."""
+    file are left out, so the report describes exactly the experiment asked for).
+    ``turn_limits``: arm name -> (the limit its episodes ran under, where it came from),
+    from ``arm_turn_limit``."""
     wanted = set(sample_ids)
     names = [arm.name for arm in arms]
     by_sample: dict[str, dict[str, EvalRecord]] = {}
@@ -152,6 +167,7 @@ def build_report(
         if record.sample_id in wanted and record.arm in names:
             by_sample.setdefault(record.sample_id, {})[record.arm] = record
     by_arm = {name: [r[name] for r in by_sample.values() if name in r] for name in names}
+    limits = turn_limits or {}
     categories: dict[str, dict[str, Accuracy]] = {}
     for name in names:
         groups: dict[str, list[bool]] = {}
@@ -170,7 +186,14 @@ def build_report(
         backend=backend,
         confidence=confidence,
         bootstrap_resamples=resamples,
-        arms=[arm_stats(arm, by_arm[arm.name], confidence, resamples, seed) for arm in arms],
+        arms=[
+            arm_stats(arm, by_arm[arm.name], confidence, resamples, seed).model_copy(
+                update=dict(zip(("max_rounds", "max_rounds_from"), limits[arm.name], strict=True))
+                if arm.name in limits
+                else {}
+            )
+            for arm in arms
+        ],
         categories=dict(sorted(categories.items())),
         comparisons=[
             compare(a, b, by_sample, confidence, resamples, seed)
@@ -239,6 +262,13 @@ def to_markdown(report: EvalReport) -> str:
             f"| {_pct(s.boxes.median_fraction)} | {_ms(s.latency.p50_ms)} "
             f"| {_ms(s.latency.p95_ms)} |"
         )
+    limits = [
+        f"{s.arm.name} {s.max_rounds if s.max_rounds is not None else '?'} ({s.max_rounds_from})"
+        for s in report.arms
+        if s.max_rounds_from
+    ]
+    if limits:
+        lines += ["", "Turn limit: " + "; ".join(limits) + "."]
     lines += [
         "",
         "Errors count as wrong. Box area is each served zoom box's share of the image.",

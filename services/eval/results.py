@@ -13,6 +13,35 @@ from pydantic import ValidationError
 
 from magsrl.eval.config import MANIFEST_FIELDS, SYNTHETIC, EvalConfig
 from magsrl.proto.eval import EPISODE_KEYS, MANIFEST_FILE, RESULTS_FILE, EvalRecord
+from magsrl.zoom.protocols import AUTO, resolve_protocol
+
+# What the openai backend's episodes speak when the config names no protocol
+# (magsrl.eval.backends.OpenAIBackend: ServedOptions(protocol=config.protocol or "tags")).
+OPENAI_DEFAULT_PROTOCOL = "tags"
+# A manifest from before the effective limit was recorded wrote EpisodeOptions' default
+# (2) for an unset max_rounds, whatever the protocol; it resumes as "unset".
+_LEGACY_UNSET = 2
+
+
+def turn_limit(
+    config: EvalConfig, served: str | None = None, model: str | None = None
+) -> tuple[int | None, str]:
+    """The turn limit an eval's episodes run under, and where it comes from: the config's
+    ``max_rounds`` when set, else the protocol's own limit (the config's protocol, else the
+    one the backend serves, ``served``; ``auto`` resolved by ``model``, as the policy
+    resolves it). None when nobody says which protocol."""
+    if "max_rounds" in config.episode.model_fields_set:
+        return config.max_rounds, "max_rounds in the eval config"
+    name = config.protocol
+    if name is None:
+        name = OPENAI_DEFAULT_PROTOCOL if config.backend == "openai" else served
+    if name is None:
+        return None, "the protocol the policy serves (it did not say which)"
+    if name == AUTO and model is None:
+        return None, "the protocol auto picks from the model's name"
+    protocol = resolve_protocol(name, [model])
+    where = "the eval config" if config.protocol is not None else "the policy's setting"
+    return protocol.max_rounds, f"protocol {protocol.name}'s own turn limit ({where})"
 
 
 class ResultsConflict(ValueError):
@@ -25,7 +54,17 @@ def manifest_of(config: EvalConfig) -> dict[str, Any]:
     data = {**config.model_dump(mode="json"), **episode}
     if config.dataset != SYNTHETIC:
         data["synthetic_size"] = None  # only shapes generated scenes
-    return {name: data[name] for name in MANIFEST_FIELDS}
+    # The limit the episodes run under, not EpisodeOptions' default: unset means the
+    # protocol's own (None until the policy says which protocol it serves).
+    data["max_rounds"], source = turn_limit(config)
+    return {**{name: data[name] for name in MANIFEST_FIELDS}, "max_rounds_from": source}
+
+
+def _same(name: str, saved: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    if saved.get(name) == wanted[name]:
+        return True
+    legacy = "max_rounds_from" not in saved and name == "max_rounds"
+    return legacy and saved.get(name) == _LEGACY_UNSET and wanted[name] is None
 
 
 def check_manifest(out: Path, config: EvalConfig, fresh: bool) -> None:
@@ -38,7 +77,7 @@ def check_manifest(out: Path, config: EvalConfig, fresh: bool) -> None:
         results.replace(results.with_name(RESULTS_FILE + ".old"))
     elif path.exists():
         saved = json.loads(path.read_text())
-        differ = [k for k in MANIFEST_FIELDS if saved.get(k) != wanted[k]]
+        differ = [k for k in MANIFEST_FIELDS if not _same(k, saved, wanted)]
         if differ and results.exists():
             what = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted[k]!r} now" for k in differ)
             raise ResultsConflict(

@@ -1,5 +1,6 @@
 """``/v1/chat/completions``: OpenAI requests to engine requests and back, with zoom tool
-calls parsed from the model's text in either protocol form, and SSE streaming."""
+calls parsed from the model's text in either magsrl protocol form, or in the form of the
+peer protocol whose tool the request declares (``peer_tools``), and SSE streaming."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from magsrl.common.errors import APIError, BadRequest, error_body
 from magsrl.common.images import decode_b64, decode_image
 from magsrl.policy.config import PolicySettings
+from magsrl.policy.peer_tools import PeerCallParser, PeerTools, peer_tools, written_back
 from magsrl.policy.protocol import (
     AssistantMessage,
     ChatCompletionChunk,
@@ -46,6 +48,7 @@ from magsrl.zoom.parsing import (
     to_openai_tool_call,
     to_openai_tool_calls,
 )
+from magsrl.zoom.protocols import resolve_protocol
 
 log = logging.getLogger("magsrl.policy.chat")
 # Roles whose content may carry images: the user's, and a tool's (the zoom crops go back in
@@ -66,7 +69,8 @@ class ChatService:
     def to_engine_request(self, req: ChatCompletionRequest) -> GenerationRequest:
         self.engine.check_model(req.model)
         tools = self._tools(req)
-        messages = [self._message(i, m) for i, m in enumerate(req.messages)]
+        peer = self.peer_tools(req)
+        messages = [written_back(self._message(i, m), peer) for i, m in enumerate(req.messages)]
         n_images = sum(
             1
             for m in messages
@@ -80,6 +84,8 @@ class ChatService:
                 f"{self.settings.max_images} (MAGSRL_MAX_IMAGES)",
                 param="messages",
             )
+        if peer is not None and not peer.forward_tools:
+            tools = None
         sampling = SamplingParams(
             max_tokens=req.max_completion_tokens or req.max_tokens,
             temperature=1.0 if req.temperature is None else req.temperature,
@@ -92,6 +98,17 @@ class ChatService:
             top_logprobs=req.top_logprobs or 0,
         )
         return GenerationRequest(messages=messages, sampling=sampling, tools=tools, model=req.model)
+
+    def peer_tools(self, req: ChatCompletionRequest) -> PeerTools | None:
+        """The peer protocol whose zoom tool the request declares, or None (magsrl's zoom,
+        or no tools). Where several declare the name, the protocol this policy serves wins
+        (its setting, or ``auto`` by the served model's or the request's model name)."""
+        if not req.tools or req.tool_choice == "none":
+            return None
+        served = resolve_protocol(
+            self.settings.zoom_protocol, [req.model, *self.engine.model_names()[:1]]
+        )
+        return peer_tools([t.function.name for t in req.tools], served)
 
     def _tools(self, req: ChatCompletionRequest) -> list[dict[str, Any]] | None:
         if not req.tools and req.tool_choice not in (None, "none", "auto"):
@@ -182,6 +199,13 @@ class ChatService:
     ) -> tuple[str | None, list[ToolCall]]:
         if not req.tools or req.tool_choice == "none":
             return text, []
+        peer = self.peer_tools(req)
+        if peer is not None:
+            content, found = peer.parse(text)
+            peer_calls = [
+                ToolCall(id=c["id"], function=FunctionCall(**c["function"])) for c in found
+            ]
+            return (content or None) if peer_calls else text, peer_calls
         parsed = parse_turn(text)
         calls = [
             ToolCall(id=c["id"], function=FunctionCall(**c["function"]))
@@ -223,7 +247,11 @@ class ChatService:
         engine_request = self.to_engine_request(req)
         cid, created = completion_id(), int(time.time())
         with_tools = bool(req.tools) and req.tool_choice != "none"
-        parsers = [StreamingToolCallParser() for _ in range(req.n)]
+        peer = self.peer_tools(req)
+        parsers: list[Any] = [
+            StreamingToolCallParser() if peer is None else PeerCallParser(peer)
+            for _ in range(req.n)
+        ]
         counts = [[0, 0] for _ in range(req.n)]
 
         def chunk(choices: list[ChunkChoice], usage: UsageInfo | None = None) -> str:
@@ -264,7 +292,7 @@ class ChatService:
         self,
         item: StreamDelta,
         with_tools: bool,
-        parsers: list[StreamingToolCallParser],
+        parsers: list[Any],
         counts: list[list[int]],
         chunk: Any,
     ) -> list[str]:
@@ -282,7 +310,17 @@ class ChatService:
         self, index: int, event: Any, counts: list[list[int]], chunk: Any
     ) -> str | None:
         """counts[index] = [ZoomCall events seen, tool calls emitted]: ids number every call
-        (as the one-shot parse does), delta indices only the emitted ones."""
+        (as the one-shot parse does), delta indices only the emitted ones. A peer's calls
+        arrive as OpenAI tool calls already (``PeerCallParser``)."""
+        if isinstance(event, dict):
+            delta = ToolCallDelta(
+                index=counts[index][1],
+                id=event["id"],
+                type="function",
+                function=FunctionCall(**event["function"]),
+            )
+            counts[index][1] += 1
+            return chunk([ChunkChoice(index=index, delta=Delta(tool_calls=[delta]))])
         if not isinstance(event, ZoomCall):
             return chunk([ChunkChoice(index=index, delta=Delta(content=event.text))])
         seen, emitted = counts[index]
@@ -303,7 +341,7 @@ class ChatService:
         index: int,
         completion: Completion,
         with_tools: bool,
-        parser: StreamingToolCallParser,
+        parser: Any,
         counts: list[list[int]],
         req: ChatCompletionRequest,
         chunk: Any,

@@ -7,6 +7,7 @@ the crops out as the peer's own code did, and reads the answer.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,19 @@ def answer_tag(text: str) -> str:
     return extract_answer(text)
 
 
+def peer_arguments(call: ZoomCall) -> dict[str, Any]:
+    """A parsed call as the arguments of an OpenAI tool call, in the peer's schema
+    (``bbox_2d`` as the model wrote it, ``label`` when given); ``img_idx`` only when it
+    points past the original, since most peers' schemas have no such argument."""
+    assert call.box is not None
+    arguments: dict[str, Any] = {"bbox_2d": [int(v) if v.is_integer() else v for v in call.box]}
+    if call.label is not None:
+        arguments["label"] = call.label
+    if call.img_idx:
+        arguments["img_idx"] = call.img_idx
+    return arguments
+
+
 @dataclass(frozen=True)
 class ZoomProtocol:
     """One protocol. The descriptive fields are what ``GET /v1/protocols`` reports; the
@@ -71,10 +85,25 @@ class ZoomProtocol:
     frame_pixels: tuple[int, int] | None = None  # (min, max) of the peer's processor frame
     tool_name: str | None = None
     tools: Callable[[], list[dict[str, Any]]] | None = None  # sent to the engine as tools
+    # What /v1/chat/completions recognises: the OpenAI function (name and JSON Schema) a
+    # client declares in ``tools`` to get this protocol's calls back as ``tool_calls``;
+    # None where the protocol's call is no function (MGPO's JSON block).
+    chat_tool: Callable[[], dict[str, Any]] | None = None
+    chat_parse: Callable[[str], list[ZoomCall]] | None = None  # None: ``parse``
+    tool_arguments: Callable[[ZoomCall], dict[str, Any]] = peer_arguments
+    call_open: str = "<tool_call>"  # how a call starts in the text (held back when streaming)
+    # A call a chat client sends back in an assistant turn (its arguments), as the model
+    # writes it, where the template's <tool_call> rendering is not the peer's (Mini-o3).
+    render_call: Callable[[dict[str, Any]], str] | None = None
+    native: bool = False  # magsrl's own: the chat layer's incremental zoom parser serves it
     crop_wrapper: str | None = None
     format_issues: Callable[[str, bool], list[str]] | None = None  # (text, final)
     aliases: tuple[str, ...] = ()
     auto_match: tuple[str, ...] = field(default=())
+
+    @property
+    def chat_tool_name(self) -> str | None:
+        return self.chat_tool()["function"]["name"] if self.chat_tool else None
 
     def frame_fn(self, served: FrameFn) -> FrameFn:
         """The frame absolute boxes refer to: the peer's processor resize where it states
@@ -106,6 +135,13 @@ class ZoomProtocol:
             max_rounds=self.max_rounds,
             auto_match=list(self.auto_match),
         )
+
+
+def prompt_tool(system_prompt: str) -> dict[str, Any]:
+    """The function schema a peer wrote into its system prompt (the line after the ``<tools>`` line
+    and ``</tools>``), so the chat API recognises the very schema the checkpoint read."""
+    body = system_prompt.split("<tools>\n", 1)[1].split("</tools>", 1)[0]
+    return json.loads(body)
 
 
 def answer_issues(text: str, final: bool) -> list[str]:

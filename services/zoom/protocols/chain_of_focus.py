@@ -14,7 +14,13 @@ eval falls back to the whole image for an invalid box; magsrl tells the model th
 from __future__ import annotations
 
 from magsrl.common.coords import Convention
-from magsrl.zoom.protocols.base import Feedback, Message, ZoomProtocol, answer_issues
+from magsrl.zoom.protocols.base import (
+    Feedback,
+    Message,
+    ZoomProtocol,
+    answer_issues,
+    prompt_tool,
+)
 from magsrl.zoom.protocols.magsrl_tags import user_text as _listed
 from magsrl.zoom.zoom_requests import ZoomCall, parse_zoom_calls
 
@@ -55,12 +61,17 @@ def enlarge(box: tuple[float, float, float, float]) -> tuple[float, float, float
     return cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2
 
 
+def first_call(text: str) -> list[ZoomCall]:
+    """The turn's first ``<tool_call>`` as written (``re.search`` in the eval), not enlarged:
+    what the chat API returns, the enlargement being the caller's tool's business."""
+    return [c for c in parse_zoom_calls(text, TOOL_NAME) if c.source == "tool_call"][:1]
+
+
 def parse(text: str) -> list[ZoomCall]:
     """The turn's first ``image_zoom_in_tool`` call (the eval's ``re.search``), enlarged;
     always of the original image."""
-    calls = [c for c in parse_zoom_calls(text, TOOL_NAME) if c.source == "tool_call"][:1]
     out = []
-    for call in calls:
+    for call in first_call(text):
         if call.error is None and call.box is not None:
             call = ZoomCall(
                 enlarge(call.box), 0, call.label, call.source, None, call.raw, call.span
@@ -86,11 +97,13 @@ def feedback(fb: Feedback) -> list[Message]:
 PROTOCOL = ZoomProtocol(
     name="chain_of_focus",
     title="Chain-of-Focus",
-    source="xtong-zhang/Chain-of-Focus eval/vstar/vllm_inference.py (SYSTEM_PROMPT, "
+    source="xtong-zhang/Chain-of-Focus (638b9ba) eval/vstar/vllm_inference.py (SYSTEM_PROMPT, "
     "USER_PROMPT, resize_image, find_absolute_bboxes, do_crop, max_iterations)",
     call_format='<think>…</think> <tool_call>{"name": "image_zoom_in_tool", "arguments": '
     '{"bbox_2d": [x1, y1, x2, y2], "label": "…"}}</tool_call>',
     tool_name=TOOL_NAME,
+    chat_tool=lambda: prompt_tool(SYSTEM_PROMPT),
+    chat_parse=first_call,
     coordinates="pixel",
     convention=Convention.QWEN2_5_VL,
     frame_pixels=(MIN_PIXELS, MAX_PIXELS),

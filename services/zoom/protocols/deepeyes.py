@@ -22,7 +22,13 @@ from __future__ import annotations
 
 from magsrl.common.coords import Convention
 from magsrl.proto.prompts import OPTION_LETTERS
-from magsrl.zoom.protocols.base import Feedback, Message, ZoomProtocol, answer_issues
+from magsrl.zoom.protocols.base import (
+    Feedback,
+    Message,
+    ZoomProtocol,
+    answer_issues,
+    prompt_tool,
+)
 from magsrl.zoom.zoom_requests import parse_zoom_calls
 
 TOOL_NAME = "image_zoom_in_tool"
@@ -87,6 +93,9 @@ PROTOCOL = ZoomProtocol(
     call_format='<tool_call>{"name": "image_zoom_in_tool", "arguments": {"bbox_2d": '
     '[x1, y1, x2, y2], "label": "…"}}</tool_call>',
     tool_name=TOOL_NAME,
+    # The schema of its system prompt, verbatim: a client serving DeepEyes declares it in
+    # `tools` and gets the calls back as tool_calls (arguments as the model wrote them).
+    chat_tool=lambda: prompt_tool(SYSTEM_PROMPT),
     coordinates="pixel",
     convention=Convention.QWEN2_5_VL,
     frame_pixels=(MIN_PIXELS, MAX_PIXELS),

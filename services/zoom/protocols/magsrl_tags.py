@@ -6,6 +6,7 @@ convention (Qwen2.5-VL: pixels of the resized image; Qwen3-VL: 0-1000)."""
 from __future__ import annotations
 
 from magsrl.proto.prompts import format_options, render_prompt
+from magsrl.proto.tools import zoom_tool
 from magsrl.zoom.protocols.base import Feedback, Message, ZoomProtocol
 from magsrl.zoom.tags import parse_turn
 
@@ -40,4 +41,6 @@ PROTOCOL = ZoomProtocol(
     feedback=feedback,
     user_text=user_text,
     auto_match=(),
+    chat_tool=zoom_tool,
+    native=True,
 )

@@ -52,6 +52,8 @@ PROTOCOL = ZoomProtocol(
     max_rounds=2,
     tool_name=ZOOM_TOOL_NAME,
     tools=lambda: [zoom_tool()],
+    chat_tool=zoom_tool,
+    native=True,
     system_prompt=lambda hint: render_prompt("system_tools", coordinate_hint=hint),
     parse=lambda text: parse_turn(text).zooms,
     feedback=feedback,

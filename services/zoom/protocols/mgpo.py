@@ -140,6 +140,7 @@ PROTOCOL = ZoomProtocol(
     max_rounds=2,
     system_prompt=lambda hint: SYSTEM_PROMPT,
     parse=parse,
+    call_open="```json",  # no function: the chat API returns the block as content
     feedback=feedback,
     user_text=lambda q, options: (
         f"{q}\n{_choices(options)}{POST_PROMPT}" if options else f"{q}\n{POST_PROMPT}"

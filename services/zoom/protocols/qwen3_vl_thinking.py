@@ -19,7 +19,7 @@ from typing import Any
 from magsrl.common.coords import Convention
 from magsrl.proto.prompts import format_options
 from magsrl.zoom.answers import extract_answer
-from magsrl.zoom.protocols.base import Feedback, Message, ZoomProtocol
+from magsrl.zoom.protocols.base import Feedback, Message, ZoomProtocol, peer_arguments
 from magsrl.zoom.zoom_requests import parse_zoom_calls, remove_tool_calls
 
 TOOL_NAME = "image_zoom_in_tool"
@@ -98,6 +98,8 @@ PROTOCOL = ZoomProtocol(
     '{"bbox_2d": [x1, y1, x2, y2], "label": "…", "img_idx": 0}}</tool_call>',
     tool_name=TOOL_NAME,
     tools=lambda: [tool_schema()],
+    chat_tool=tool_schema,
+    tool_arguments=lambda call: {**peer_arguments(call), "img_idx": call.img_idx},
     coordinates="norm1000",
     convention=Convention.NORM1000,
     frame="0-1000 of the image img_idx",
