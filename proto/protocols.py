@@ -8,7 +8,7 @@ their public description, so a client can read it without importing the core.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -24,6 +24,11 @@ class ProtocolInfo(BaseModel):
     source: str = Field(description="Where its conventions were read (repository and file).")
     call_format: str = Field(description="How the model asks for a zoom, as it writes it.")
     tool_name: str | None = Field(None, description="The zoom function's name, if a tool.")
+    chat_tool: dict[str, Any] | None = Field(
+        None,
+        description="The OpenAI function a /v1/chat/completions client declares in `tools` to "
+        "get this protocol's calls back as tool_calls; null where the call is no function.",
+    )
     coordinates: str = Field(
         description="The box convention: pixel (of a stated frame), norm1 (0-1) or "
         "norm1000 (0-1000); 'family' means the served model family's own."

@@ -142,6 +142,11 @@ def test_protocols_route_lists_the_registry(app: Swapped) -> None:
     }
     assert by_name["deepeyes"]["tool_name"] == "image_zoom_in_tool"
     assert by_name["mini_o3"]["coordinates"] == "norm1"
+    # The chat tool a client declares to get each protocol's calls back as tool_calls.
+    assert by_name["deepeyes"]["chat_tool"]["function"]["name"] == "image_zoom_in_tool"
+    assert "bbox_2d" in by_name["deepeyes"]["chat_tool"]["function"]["parameters"]["properties"]
+    assert by_name["mini_o3"]["chat_tool"]["function"]["name"] == "grounding"
+    assert by_name["mgpo"]["chat_tool"] is None
     assert by_name["magsrl_tags"]["aliases"] == ["tags"]
     body = {"image": {"b64": base64.b64encode(PNG).decode()}, "question": "q", "protocol": "o3"}
     response = app.client.post("/answer", json=body)

@@ -125,6 +125,7 @@ class ZoomProtocol:
             source=self.source,
             call_format=self.call_format,
             tool_name=self.tool_name,
+            chat_tool=self.chat_tool() if self.chat_tool else None,
             coordinates=self.coordinates,
             frame=self.frame,
             frame_pixels=list(self.frame_pixels) if self.frame_pixels else None,
