@@ -82,6 +82,7 @@ bench: weights
 	$(PY) bench/judge.py
 	$(PY) bench/trainer.py
 	$(PY) bench/eval.py
+	$(PY) bench/rollouts.py
 
 clean:
 	rm -rf $(VENV) .magsrl .pytest_cache .ruff_cache build *.egg-info
