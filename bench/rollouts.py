@@ -318,7 +318,7 @@ def table(results: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--jobs", type=int, default=32, help="rollouts per setup (default: %(default)s)"
+        "--jobs", type=int, default=24, help="rollouts per setup (default: %(default)s)"
     )
     args = parser.parse_args()
     if args.jobs < 2:
