@@ -197,7 +197,9 @@ def test_writer_encodes_a_known_original_once(tmp_path: Path, monkeypatch) -> No
 
     encodes = []
     real = trajectory.encode_png
-    monkeypatch.setattr(trajectory, "encode_png", lambda im: encodes.append(im.size) or real(im))
+    monkeypatch.setattr(
+        trajectory, "encode_png", lambda im, *level: encodes.append(im.size) or real(im, *level)
+    )
     store = FolderStore(tmp_path)
     writer = ImageWriter(store)
     original, crop = picture(40, 30), picture(10, 10, seed=3)
@@ -286,3 +288,36 @@ def test_inline_image_that_is_not_base64_names_the_rollout(processor) -> None:
     buf = io.BytesIO(b"\x89PNG junk")
     with pytest.raises(ValueError, match="does not decode"):
         collate([result(0, segs, images=[base64.b64encode(buf.getvalue()).decode()])], processor, 0)
+
+
+@pytest.mark.parametrize(
+    "size, mode",
+    [
+        pytest.param((224, 168), "RGB", id="at-grid"),
+        pytest.param((56, 56), "RGB", id="smallest"),
+        pytest.param((252, 1008), "RGB", id="tall"),
+        pytest.param((230, 170), "RGB", id="resized-falls-back"),
+        pytest.param((224, 168), "L", id="grey-falls-back"),
+        pytest.param((224, 168), "RGBA", id="rgba-falls-back"),
+    ],
+)
+def test_fast_pixels_are_the_processors_bit_for_bit(size, mode, tiny_model_dir: Path) -> None:
+    """Pins the learner's fast pixel path drifting from the image processor (a different
+    rounding of rescale/normalise, a transposed patch layout): any difference would make
+    the learner's log-probs differ from the sampler's. Sizes the processor would resize and
+    other modes go through the processor itself."""
+    from magsrl.models.loading import load_processor
+    from magsrl.trainer.fast_pixels import FastPixels
+
+    for bounds in ((None, None), (3136, 12_845_056)):
+        ip = load_processor(tiny_model_dir, *bounds).image_processor
+        fast = FastPixels(ip)
+        assert fast.table is not None
+        image = picture(*size, seed=7).convert(mode)
+        pixels, grid = fast(image)
+        want = ip(images=[image], return_tensors="pt")
+        assert torch.equal(pixels, want["pixel_values"])
+        assert torch.equal(grid, want["image_grid_thw"][0])
+        at_grid = fast._target(*size) == size  # the tiny model's own bounds resize "tall"
+        assert fast.fast == int(mode == "RGB" and at_grid)
+        assert at_grid or size in ((230, 170), (252, 1008))

@@ -58,6 +58,7 @@ from magsrl.common.image_blobs import open_image_store
 from magsrl.models.device import pick_device, pick_dtype
 from magsrl.models.loading import load_processor
 from magsrl.proto.rollout import RolloutResult
+from magsrl.trainer.fast_pixels import FastPixels
 from magsrl.trainer.grpo import batch_normaliser, grpo_loss
 from magsrl.trainer.learner_batch import (
     Batch,
@@ -110,6 +111,7 @@ class Learner:
         self.dtype = dtype if isinstance(dtype, torch.dtype) else pick_dtype(dtype, self.device)
         self.processor = load_processor(self.model_dir, min_pixels, max_pixels)
         self.image_store = open_image_store(image_store_dir)
+        self.pixels = FastPixels(self.processor.image_processor)
         self._step_images: StepImages | None = None  # set for the length of one step
         tokenizer = self.processor.tokenizer
         self.eos_id = int(tokenizer.convert_tokens_to_ids(END_OF_TURN))
@@ -171,7 +173,7 @@ class Learner:
     def collate(self, results: Sequence[RolloutResult]) -> Batch:
         images = self._step_images
         if images is None:  # outside a step (tests, the distributed padding batch)
-            images = StepImages(self.processor, self.image_store)
+            images = StepImages(self.processor, self.image_store, self.pixels)
         return collate(results, self.processor, self.pad_id, images)
 
     def _forward_logprobs(
@@ -287,7 +289,7 @@ class Learner:
             raise ValueError("a step needs at least one rollout result")
         grpo = self.config.grpo
         # Each distinct image (a group's shared original) decoded and processed once a step.
-        self._step_images = StepImages(self.processor, self.image_store)
+        self._step_images = StepImages(self.processor, self.image_store, self.pixels)
         try:
             batches, advs = self._micro_batches(results, advantages)
         finally:

@@ -11,7 +11,8 @@ so they are deduplicated the same way.
 
 Qwen-VL image processors cut each image into patches independently and concatenate them,
 so processing image by image gives exactly the tensors of one call over the whole list
-(tests/test_image_refs.py checks it against the old path).
+(tests/test_image_refs.py checks it against the old path); ``FastPixels`` computes them
+bit for bit as the processor does, without its float64 pass.
 """
 
 from __future__ import annotations
@@ -28,14 +29,20 @@ from torch import Tensor
 from magsrl.common.image_blobs import ImageBlobStore
 from magsrl.proto.rollout import RolloutResult
 from magsrl.proto.stored_image import StoredImage
+from magsrl.trainer.fast_pixels import FastPixels
 
 
 class StepImages:
     """Processed images by key, for one step (create one per step; it holds tensors)."""
 
-    def __init__(self, processor: Any, store: ImageBlobStore | None) -> None:
+    def __init__(
+        self, processor: Any, store: ImageBlobStore | None, pixels: FastPixels | None = None
+    ) -> None:
+        """``pixels``: the processor's ``FastPixels`` (built here when not given; a learner
+        keeps one, since building it runs the processor once)."""
         self.processor = processor
         self.store = store
+        self.pixels = pixels or FastPixels(processor.image_processor)
         self._done: dict[Hashable, tuple[Tensor, Tensor]] = {}
         self.processed = 0  # distinct images decoded and processed (a test counts them)
 
@@ -57,8 +64,7 @@ class StepImages:
     def _process(self, key: Hashable, load: Any) -> tuple[Tensor, Tensor]:
         done = self._done.get(key)
         if done is None:
-            out = self.processor.image_processor(images=[load()], return_tensors="pt")
-            done = (out["pixel_values"], out["image_grid_thw"][0])  # (patches, D), (3,)
+            done = self.pixels(load())  # (patches, D), (3,): the processor's, exactly
             self._done[key] = done
             self.processed += 1
         return done
