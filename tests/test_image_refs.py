@@ -321,3 +321,36 @@ def test_fast_pixels_are_the_processors_bit_for_bit(size, mode, tiny_model_dir: 
         at_grid = fast._target(*size) == size  # the tiny model's own bounds resize "tall"
         assert fast.fast == int(mode == "RGB" and at_grid)
         assert at_grid or size in ((230, 170), (252, 1008))
+
+
+@pytest.mark.slow  # two tiny learners: ~10 s on 2 busy cores
+def test_a_learner_step_on_references_equals_one_on_inline_images(
+    processor, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Pins the learner's input side end to end: a step on results that carry references
+    (resolved through the learner's store, one processing per distinct image) moves the
+    weights exactly as the same step on the old inline results."""
+    from magsrl.trainer.learner import Learner
+    from magsrl.trainer.run_config import RunConfig
+
+    config = RunConfig.model_validate(
+        {
+            "name": "refs",
+            "model": "tiny",
+            "dataset": "unused",
+            "grpo": {"group_size": 4, "prompts_per_step": 1, "micro_batch_size": 2},
+            "lora": {"dropout": 0.0},
+        }
+    )
+    store = FolderStore(tmp_path)
+    by_ref, _ = group(processor, store, g=4)
+    inline, _ = group(processor, None, g=4)
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    after = []
+    for results, store_dir_ in ((by_ref, tmp_path), (inline, None)):
+        learner = Learner(tiny_model_dir, config, "cpu", image_store_dir=store_dir_)
+        metrics = learner.step(results, advantages)
+        assert np.isfinite(metrics["loss"])
+        after.append(learner.trainable_state())
+    assert after[0].keys() == after[1].keys()
+    assert all(torch.equal(after[0][k], after[1][k]) for k in after[0])
