@@ -164,13 +164,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--model-max-pixels",
+        type=int,
+        default=QWEN_MAX_PIXELS,
+        help="The policy's image budget (MAGSRL_MAX_IMAGE_PIXELS_MODEL): the model's default "
+        "keeps the 3.5 MP original whole; the deploy default 1003520 reduces it to ~1 MP.",
+    )
     args = parser.parse_args()
+    budget = args.model_max_pixels
     g = args.group
-    processor = load_processor(ensure_tiny_model("qwen2_5_vl"), QWEN_MIN_PIXELS, QWEN_MAX_PIXELS)
+    processor = load_processor(ensure_tiny_model("qwen2_5_vl"), QWEN_MIN_PIXELS, budget)
     jpeg = photo_mosaic()
 
     def target(w: int, h: int) -> tuple[int, int]:
-        return resized_size(w, h, QWEN2_5_VL, max_pixels=QWEN_MAX_PIXELS)
+        return resized_size(w, h, QWEN2_5_VL, max_pixels=budget)
 
     original, _ = decode_reduced(jpeg, max_pixels=64_000_000, target=target)
     groups = [[original, *crops_of(original, k)] for k in range(g)]
@@ -228,6 +236,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, {platform.processor() or 'cpu'}",
         "group": g,
+        "model_max_pixels": budget,
         "original": f"{original.width}x{original.height} from a {len(jpeg)}-byte JPEG",
         "crops": "2 x 504x504 per result",
         "sampled_tokens_per_result": 2 * SAMPLED,
@@ -251,7 +260,8 @@ def main() -> None:
         "store_bytes_per_group": store_bytes,
     }
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2))
+    suffix = "" if budget == QWEN_MAX_PIXELS else f"-{budget}"
+    RESULTS.with_stem(RESULTS.stem + suffix).write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
     print("\n| per result | before (inline base64 PNGs) | after (image_refs) | target |")
     print("|---|---|---|---|")
