@@ -354,3 +354,38 @@ def test_a_learner_step_on_references_equals_one_on_inline_images(
         after.append(learner.trainable_state())
     assert after[0].keys() == after[1].keys()
     assert all(torch.equal(after[0][k], after[1][k]) for k in after[0])
+
+
+@pytest.mark.slow  # starts a 2-rank torchrun group (~15 s of process start)
+def test_two_learner_ranks_resolve_references_through_the_store(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Pins the rank processes without the store: a torchrun group gets the store folder in
+    its init file, and a step on references equals the 1-process step on inline images."""
+    from magsrl.trainer.learner import Learner
+    from magsrl.trainer.learner_group import LearnerGroup, make_learner
+    from tests.test_distributed_learner import STEPS, image_results, run_config
+
+    inline = image_results(tiny_model_dir)
+    store = FolderStore(tmp_path / "images")
+    by_ref = [
+        r.model_copy(update={"images": [], "image_refs": [store.put(base64.b64decode(b))]})
+        for r in inline
+        for b in r.images
+    ]
+    chosen, advantages = STEPS[0]
+    single = Learner(tiny_model_dir, run_config(lora=True))
+    expected = single.step(inline[chosen], advantages)
+    group = make_learner(
+        tiny_model_dir,
+        run_config(lora=True, ranks=2),
+        work_dir=tmp_path / "learner",
+        image_store_dir=tmp_path / "images",
+    )
+    assert isinstance(group, LearnerGroup)
+    try:
+        got = group.step(by_ref[chosen], advantages)
+    finally:
+        group.close()
+    for name in ("loss", "grad_norm", "tokens", "logprob_diff"):
+        assert got[name] == pytest.approx(expected[name], rel=1e-5, abs=1e-7), name
