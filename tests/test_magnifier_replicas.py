@@ -77,3 +77,17 @@ def test_without_a_shared_store_ids_stay_per_replica(replicas: list[TestClient])
     ]
     assert _zoom(a, image_id) == 200
     assert _zoom(b, image_id) == 404
+
+
+def test_an_unwritable_store_degrades_to_this_replica(tmp_path: Path) -> None:
+    """Pins an upload answering 500 when the shared volume is not writable (not mounted
+    yet, owned by another uid): the image is kept by this replica, as without a store."""
+    blocker = tmp_path / "images"
+    blocker.write_text("a file where the store folder should be")
+    settings = MagnifierSettings(
+        weights_dir=tmp_path / "w", preload=[], image_store_dir=blocker, runs_dir=None
+    )
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/v1/images", content=_png(), headers={"content-type": "image/png"})
+        assert response.status_code == 200
+        assert _zoom(client, response.json()["image_id"]) == 200

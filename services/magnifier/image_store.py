@@ -94,6 +94,9 @@ class SharedImages:
             data = await asyncio.to_thread(self.shared.get, image_id)
         except (ImageMissing, BadImageBlob):
             return None
+        except OSError as exc:  # the volume is away: a miss, as without a store
+            log.warning("shared image store unreadable (%s): %s", image_id, exc)
+            return None
         array = await decode(data)
         self.cache.put(image_id, array)
         return array
@@ -105,5 +108,7 @@ class SharedImages:
             return
         try:
             await asyncio.to_thread(self.shared.put, data)
-        except BadImageBlob as exc:  # a format the store does not keep: this replica only
+        except (BadImageBlob, OSError) as exc:
+            # A format the store does not keep, or a volume this process cannot write: the
+            # image is still served by this replica (the LRU), as without a store.
             log.warning("image %s is not kept in the shared store: %s", image_id, exc)
