@@ -13,8 +13,9 @@ per result on both paths.
 The images: the original is a 2296x1512 (3.47 MP) mosaic of scikit-image's colour photos with
 mild sensor noise, saved as a JPEG (quality 90) and decoded to the policy's view exactly as
 the worker does (``decode_reduced``, Qwen2.5-VL's default budget of 12,845,056 pixels, so at
-full size); each crop is a 126x126 region upscaled x4 to 504x504 (0.25 MP: the policy's
-default crop budget, ``crop_max_pixels`` 512 x 512). The sequence has Qwen2.5-VL placeholder counts
+full size); each crop is a 130x120 region upscaled x4 to 520x480 (0.25 MP: within the
+policy's default crop budget, ``crop_max_pixels`` 512 x 512, and not a multiple of 28, so the
+processor resizes it, as it does the magnifier's crops). The sequence has Qwen2.5-VL placeholder counts
 for those images (from the real processor's grids), two rounds of 256 sampled tokens with
 their log-probs, and ~130 template tokens. The processor is the real Qwen2.5-VL PIL image
 processor (the tiny model's, built offline, with the real model's pixel bounds).
@@ -92,8 +93,8 @@ def crops_of(original: Image.Image, g: int) -> list[Image.Image]:
     rng = random.Random(g)
     out = []
     for _ in range(2):
-        x, y = rng.randrange(original.width - 126), rng.randrange(original.height - 126)
-        out.append(original.crop((x, y, x + 126, y + 126)).resize((504, 504), Image.BICUBIC))
+        x, y = rng.randrange(original.width - 130), rng.randrange(original.height - 120)
+        out.append(original.crop((x, y, x + 130, y + 120)).resize((520, 480), Image.BICUBIC))
     return out
 
 
@@ -238,7 +239,7 @@ def main() -> None:
         "group": g,
         "model_max_pixels": budget,
         "original": f"{original.width}x{original.height} from a {len(jpeg)}-byte JPEG",
-        "crops": "2 x 504x504 per result",
+        "crops": "2 x 520x480 per result",
         "sampled_tokens_per_result": 2 * SAMPLED,
         "redis_bytes_per_result": {
             "before": round(mean(bytes_inline)),

@@ -8,14 +8,16 @@ float32, per channel), then patchify (a pure reshape/transpose with the frame re
 ``temporal_patch_size`` times). On CPU the float64 rescale and the normalise dominate: about
 50 ms for a 0.25 MP crop, 220 ms for 3.5 MP.
 
-The images the learner gets are already at the processor's size (the worker decoded the
-original to the model's frame; crops are cut to it), so the resize is the identity, and
-rescale + normalise is a function of one uint8 value and the channel: a 3 x 256 table.
+The resize works on uint8 pixels through PIL (``image_transforms.resize``: the identity for
+the original, which the worker decoded to the model's frame; a bicubic resize of a crop to a
+multiple of 28), and is done here the same way; after it, rescale + normalise is a function
+of one uint8 value and the channel: a 3 x 256 table.
 ``FastPixels`` builds that table by running the processor itself on a calibration image that
-holds every value in every channel, then reads each image's pixel values through it and
-patchifies with torch views. It checks itself on the calibration image (the whole output,
-bit for bit) and falls back to the processor for any image it does not cover: another mode
-than RGB, a size the processor would resize, or a processor of another kind.
+holds every value in every channel, then puts each image's uint8 pixels into patch order and
+reads them through the table into the float output (numpy; one pass, no float64). It checks
+itself on the calibration image (the whole output, bit for bit) and falls back to the
+processor for any image it does not cover: another mode than RGB, or a processor of
+another kind.
 """
 
 from __future__ import annotations
@@ -43,7 +45,10 @@ class FastPixels:
         self.fast = 0
         self.slow = 0
         if type(image_processor).__name__ == "Qwen2VLImageProcessorPil":
-            self.table = self._calibrate()
+            try:
+                self.table = self._calibrate()
+            except Exception:  # a processor configured unlike the one calibrated here
+                self.table = None
         self.table_np = self.table.view(3, 256).numpy() if self.table is not None else None
 
     def _target(self, width: int, height: int) -> tuple[int, int]:
@@ -97,9 +102,15 @@ class FastPixels:
 
     def __call__(self, image: Image.Image) -> tuple[Tensor, Tensor]:
         """(patches, C * T * p * p) float32 pixel values and the (3,) grid of ``image``."""
-        if self.table is None or image.mode != "RGB" or self._target(*image.size) != image.size:
+        if self.table is None or image.mode != "RGB":
             return self._slow(image)
         self.fast += 1
+        target = self._target(*image.size)
+        if target != image.size:
+            # The processor's resize: the uint8 image through PIL at the processor's
+            # resample, reducing_gap None (transformers image_transforms.resize, which
+            # np_resize is), so the table applies to its output as to any uint8 image.
+            image = image.resize(target, resample=self.ip.resample)
         p, m, t = self.ip.patch_size, self.ip.merge_size, self.ip.temporal_patch_size
         width, height = image.size
         gh, gw = height // p, width // p
