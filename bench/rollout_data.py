@@ -12,12 +12,13 @@ per result on both paths.
 
 The images: the original is a 2296x1512 (3.47 MP) mosaic of scikit-image's colour photos with
 mild sensor noise, saved as a JPEG (quality 90) and decoded to the policy's view exactly as
-the worker does (``decode_reduced``, Qwen2.5-VL's default budget of 12,845,056 pixels, so at
-full size); each crop is a 130x120 region upscaled x4 to 520x480 (0.25 MP: within the
-policy's default crop budget, ``crop_max_pixels`` 512 x 512, and not a multiple of 28, so the
-processor resizes it, as it does the magnifier's crops). The sequence has Qwen2.5-VL placeholder counts
-for those images (from the real processor's grids), two rounds of 256 sampled tokens with
-their log-probs, and ~130 template tokens. The processor is the real Qwen2.5-VL PIL image
+the worker does (``decode_reduced``; at Qwen2.5-VL's default budget of 12,845,056 pixels it
+stays whole, ``--model-max-pixels 1003520``, the deploy default, reduces it to ~1 MP). Each
+crop is a 130x120 region upscaled x4 to 520x480 (0.25 MP: within the policy's default crop
+budget, ``crop_max_pixels`` 512 x 512, and not a multiple of 28, so the processor resizes
+it, as it does the magnifier's crops). The sequence has Qwen2.5-VL's placeholder counts for
+those images (from the real processor's grids), two rounds of 256 sampled tokens with their
+log-probs, and ~130 template tokens. The processor is the real Qwen2.5-VL PIL image
 processor (the tiny model's, built offline, with the real model's pixel bounds).
 
 Run: ``make bench`` or ``.venv/bin/python bench/rollout_data.py [--group 8] [--repeats 3]``.
