@@ -261,6 +261,8 @@ def test_worker_with_a_store_writes_references_and_the_original_once(tmp_path) -
             settings = {"image_store_dir": store} if store else {}
             worker = await connected_worker(policy, magnifier, **settings)
             got = []
+            if store:
+                writer = worker.images
             for g in range(2 if store else 1):
                 j = job(info.image_id, job_id=f"r:0:0:{g}", group_index=g)
                 got.append(
@@ -270,6 +272,7 @@ def test_worker_with_a_store_writes_references_and_the_original_once(tmp_path) -
                 )
             await worker.close()
             outs.append(got)
+        assert writer is not None and len(writer._known) == 1  # the original, remembered
         return outs[0], outs[1]
 
     by_ref, inline = run(main())

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -228,6 +229,7 @@ class ImageWriter:
         self.store = store
         self.remember = remember
         self._known: OrderedDict[Hashable, StoredImage] = OrderedDict()
+        self._lock = threading.Lock()  # the worker's rollouts call refs from several threads
 
     def refs(
         self, images: Sequence[Image.Image], keys: Sequence[Hashable | None] = ()
@@ -235,16 +237,20 @@ class ImageWriter:
         out = []
         for k, image in enumerate(images):
             key = keys[k] if k < len(keys) else None
-            known = self._known.get(key) if key is not None else None
+            with self._lock:
+                known = self._known.get(key) if key is not None else None
+                if known is not None:
+                    self._known.move_to_end(key)
             if known is not None and self.store.exists(known.sha256):
-                self._known.move_to_end(key)
                 out.append(known)
                 continue
             ref = self.store.put(encode_png(image, STORE_PNG_COMPRESS_LEVEL))
             if key is not None:
-                self._known[key] = ref
-                while len(self._known) > self.remember:
-                    self._known.popitem(last=False)
+                with self._lock:
+                    self._known[key] = ref
+                    self._known.move_to_end(key)
+                    while len(self._known) > self.remember:
+                        self._known.popitem(last=False)
             out.append(ref)
         return out
 
