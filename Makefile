@@ -81,6 +81,7 @@ bench: weights
 	$(PY) bench/policy.py
 	$(PY) bench/judge.py
 	$(PY) bench/trainer.py
+	$(PY) bench/rollout_data.py
 	$(PY) bench/eval.py
 	$(PY) bench/rollouts.py
 

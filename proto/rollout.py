@@ -3,12 +3,17 @@ worker writes back. Both travel as JSON through Redis Streams (magsrl.trainer.qu
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_serializer, field_validator, model_validator
 
 from magsrl.proto.episode import EpisodeOptions
 from magsrl.proto.sample import Sample
+from magsrl.proto.stored_image import StoredImage
+
+# In JSON, a run of at least this many equal ids in a segment is written [id, count]: a 3.5 MP
+# image is ~4,500 <|image_pad|> ids (36 KB as JSON), most of a result's size.
+RUN_MIN = 4
 
 
 class RewardOptions(BaseModel):
@@ -62,9 +67,39 @@ class Segment(BaseModel):
     """A run of tokens: the model's own (mask 1, with the sampler's log-probs) or the
     template's, tools' and observations' (mask 0)."""
 
-    ids: list[int]
+    ids: list[int] = Field(
+        description="Token ids. In JSON a run of equal ids may be written [id, count] (the "
+        "image placeholders); plain ids are read as they always were."
+    )
     mask: Literal[0, 1]
     logprobs: list[float] | None = None
+
+    @field_validator("ids", mode="before")
+    @classmethod
+    def _expand_runs(cls, value: Any) -> Any:
+        if not isinstance(value, list) or not any(isinstance(v, list) for v in value):
+            return value
+        out: list[Any] = []
+        for item in value:
+            if isinstance(item, list):
+                if len(item) != 2 or not all(isinstance(v, int) for v in item) or item[1] < 1:
+                    raise ValueError(f"a run of ids is [id, count >= 1], not {item!r}")
+                out += [item[0]] * item[1]
+            else:
+                out.append(item)
+        return out
+
+    @field_serializer("ids", when_used="json")
+    def _compact_runs(self, ids: list[int]) -> list[int | list[int]]:
+        out: list[int | list[int]] = []
+        i = 0
+        while i < len(ids):
+            j = i
+            while j < len(ids) and ids[j] == ids[i]:
+                j += 1
+            out += [[ids[i], j - i]] if j - i >= RUN_MIN else ids[i:j]
+            i = j
+        return out
 
 
 class RolloutResult(BaseModel):
@@ -77,9 +112,17 @@ class RolloutResult(BaseModel):
     policy_model: str | None
     worker: str
     segments: list[Segment]
+    # Every image of the conversation, in order, exactly as the policy saw them (the learner
+    # rebuilds pixel values from these): by reference (image_refs), or inline (images, the
+    # format before the shared image store, still read).
+    image_refs: list[StoredImage] = Field(
+        default_factory=list,
+        description="References into the shared image store (magsrl.common.image_blobs).",
+    )
     images: list[str] = Field(
-        description="Base64 PNGs of every image in the conversation, in order, exactly as "
-        "the policy saw them (the learner rebuilds pixel values from these)."
+        default_factory=list,
+        description="Legacy: base64 PNGs inline. Written only by a worker without an image "
+        "store; read so results written before image_refs (a resumed run) still train.",
     )
     reward: float
     components: dict[str, float] = Field(description="Each reward component, unweighted.")
@@ -109,6 +152,18 @@ class RolloutResult(BaseModel):
     )
     zooms_over_limit: int = Field(0, description="Requests the loop dropped over its limit.")
 
+    @model_validator(mode="after")
+    def _one_image_form(self) -> Self:
+        if self.images and self.image_refs:
+            raise ValueError(
+                "a result carries its images inline (images) or by reference (image_refs), not both"
+            )
+        return self
+
+    @property
+    def image_count(self) -> int:
+        return len(self.image_refs) or len(self.images)
+
 
 # The fields a result copies from its job, so the learner can match and date it.
 RESULT_IDENTITY = ("job_id", "run_id", "step", "sample_index", "group_index", "version")
@@ -127,7 +182,6 @@ def failed_result(job: RolloutJob, worker: str, error: str, elapsed_ms: float) -
     return RolloutResult(
         **result_identity(job, worker),  # type: ignore[arg-type]
         segments=[],
-        images=[],
         reward=0.0,
         components={},
         answer="",

@@ -6,6 +6,7 @@ policy behind ``httpx.MockTransport``, a magnifier that crops with PIL, and a re
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -242,3 +243,44 @@ def test_policy_info_family_decides_the_engine_family(family: str) -> None:
         return name
 
     assert run(main()) == family
+
+
+def test_worker_with_a_store_writes_references_and_the_original_once(tmp_path) -> None:
+    """Pins issue 15's light result: with a shared image store a worker writes the images
+    there and the result carries references (no pixels in Redis), exactly the images the
+    policy saw; two rollouts of one group share the original's one stored file."""
+    from magsrl.common.image_blobs import FolderStore
+    from magsrl.trainer.trajectory import decode_images
+
+    async def main() -> tuple[list[RolloutResult], list[RolloutResult]]:
+        magnifier = FakeMagnifier()
+        info = await magnifier.upload(_png(scene()))
+        outs = []
+        for store in (tmp_path / "images", None):
+            policy = FakePolicy(MODEL, "qwen3_vl", list(ZOOM_THEN_ANSWER) * 2)
+            settings = {"image_store_dir": store} if store else {}
+            worker = await connected_worker(policy, magnifier, **settings)
+            got = []
+            if store:
+                writer = worker.images
+            for g in range(2 if store else 1):
+                j = job(info.image_id, job_id=f"r:0:0:{g}", group_index=g)
+                got.append(
+                    await run_job(
+                        j, worker.policy, magnifier, "w", worker.served, images=worker.images
+                    )  # type: ignore[arg-type]
+                )
+            await worker.close()
+            outs.append(got)
+        assert writer is not None and len(writer._known) == 1  # the original, remembered
+        return outs[0], outs[1]
+
+    by_ref, inline = run(main())
+    store = FolderStore(tmp_path / "images")
+    assert all(r.error is None for r in by_ref), by_ref[0].error
+    assert all(r.images == [] and len(r.image_refs) == 2 for r in by_ref)
+    assert by_ref[0].image_refs[0] == by_ref[1].image_refs[0]  # one original, stored once
+    stored = [Image.open(io.BytesIO(store.get(ref))) for ref in by_ref[0].image_refs]
+    policy_saw = decode_images(inline[0].images)  # the legacy path: what the policy saw
+    assert [im.tobytes() for im in stored] == [im.tobytes() for im in policy_saw]
+    assert len(by_ref[0].model_dump_json()) < len(inline[0].model_dump_json()) / 5

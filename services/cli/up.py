@@ -126,7 +126,11 @@ def run(args: argparse.Namespace) -> int:
         # timeout. They load no model (they call the policy over HTTP), so they cost little.
         for i in range(max(args.workers, 0)):
             supervisor.add_magsrl_service(
-                "rollout-worker", 0, env=urls, http=False, label=f"rollout-worker-{i + 1}"
+                "rollout-worker",
+                0,
+                env={**urls, **runs_env},  # the image store: <runs>/images, the trainer's
+                http=False,
+                label=f"rollout-worker-{i + 1}",
             )
         supervisor.start()
         supervisor.wait_ready(args.ready_timeout)

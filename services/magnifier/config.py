@@ -81,6 +81,13 @@ class MagnifierSettings(ServiceSettings):
     cache_bytes: int = Field(
         512 * 1024 * 1024, ge=0, description="Byte cap of the decoded-image LRU cache."
     )
+    image_store_dir: Path | None = Field(
+        None,
+        description="The shared image store (a folder every replica sees): uploads are kept "
+        "there too, so any replica serves any image id. Default: <runs_dir>/images when "
+        "MAGSRL_RUNS_DIR is set; neither: ids are per replica.",
+    )
+    runs_dir: Path | None = Field(None, description="The trainer's MAGSRL_RUNS_DIR, if shared.")
 
     batch_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="How long a forward waits to gather a batch."

@@ -13,11 +13,12 @@ from prometheus_client import CollectorRegistry, Counter
 
 from magsrl.common.coords import BoxError, Convention, check_box, to_crop_box, to_norm
 from magsrl.common.errors import NotFound, PayloadTooLarge, ServiceUnavailable, UnprocessableEntity
+from magsrl.common.image_blobs import open_image_store, store_dir
 from magsrl.common.image_source import inline_or_url_bytes
 from magsrl.common.images import decode_image, encode_image, sha256_hex, to_b64
 from magsrl.magnifier.config import MagnifierSettings
 from magsrl.magnifier.engine import BackendUnavailable, SREngine
-from magsrl.magnifier.image_store import ImageStore
+from magsrl.magnifier.image_store import ImageStore, SharedImages
 from magsrl.magnifier.sizing import Method, Plan, plan_crop
 from magsrl.magnifier.sr.weights import BACKENDS
 from magsrl.proto.images import ImageInfo, ImageRef
@@ -43,6 +44,8 @@ class Magnifier:
         self.engine = engine
         self.http = http
         self.store = ImageStore(settings.cache_bytes, registry)
+        shared = open_image_store(store_dir(settings.image_store_dir, settings.runs_dir))
+        self.images = SharedImages(self.store, shared)
         self.crops_total = Counter(
             "magsrl_crops_total",
             "Crops produced, by method and model.",
@@ -53,10 +56,10 @@ class Magnifier:
     # ---- images ---------------------------------------------------------------------
     async def put_image(self, data: bytes) -> ImageInfo:
         image_id = sha256_hex(data)
-        array = self.store.get(image_id)
+        array = await self.images.get(image_id, self._decode_stored)
         if array is None:
             array = await self._decode(data, "image")
-            self.store.put(image_id, array)
+            await self.images.put(image_id, data, array)
         height, width = array.shape[:2]
         return ImageInfo(image_id=image_id, width=width, height=height)
 
@@ -67,15 +70,18 @@ class Magnifier:
         )
         return np.asarray(image)
 
+    async def _decode_stored(self, data: bytes) -> np.ndarray:
+        return await self._decode(data, "image_id")
+
     async def get_image_png(self, image_id: str) -> bytes:
-        array = self.store.get(image_id)
+        array = await self.images.get(image_id, self._decode_stored)
         if array is None:
             raise NotFound(f"unknown image id {image_id}", param="image_id")
         return await asyncio.to_thread(encode_image, Image.fromarray(array), "png")
 
     async def resolve(self, ref: ImageRef) -> tuple[str, np.ndarray]:
         if ref.id is not None:
-            array = self.store.get(ref.id)
+            array = await self.images.get(ref.id, self._decode_stored)
             if array is None:
                 raise NotFound(
                     f"unknown image id {ref.id}: it was never uploaded or has been "
@@ -93,10 +99,10 @@ class Magnifier:
         assert data is not None  # ImageRef holds exactly one of id, b64, url
         param = "image.b64" if ref.b64 is not None else "image.url"
         image_id = sha256_hex(data)
-        array = self.store.get(image_id)
+        array = await self.images.get(image_id, self._decode_stored)
         if array is None:
             array = await self._decode(data, param)
-            self.store.put(image_id, array)
+            await self.images.put(image_id, data, array)
         return image_id, array
 
     # ---- methods --------------------------------------------------------------------

@@ -20,6 +20,11 @@ class TrainerSettings(ServiceSettings):
         description="Run folders: config, checkpoints, adapters, metrics, plots. The policy "
         "(or vLLM) must read adapters at the same path.",
     )
+    image_store_dir: Path | None = Field(
+        None,
+        description="The shared image store rollout results refer to (workers write, the "
+        "learner reads). Default: <runs_dir>/images.",
+    )
     data_roots: CommaList = Field(
         default_factory=list,
         description="Folders (comma-separated) a run's dataset, curriculum and images may be "
@@ -81,6 +86,9 @@ class TrainerSettings(ServiceSettings):
     def _roots(cls, value: object) -> object:
         return split_comma_list(value)
 
+    def image_store_path(self) -> Path:
+        return self.image_store_dir or self.runs_dir / "images"
+
     def read_roots(self) -> list[Path]:
         """Where a run may read from, resolved: the data roots (or their default) and runs."""
         roots = [Path(r) for r in self.data_roots] or [Path.cwd(), default_cache_dir()]
@@ -106,6 +114,13 @@ class WorkerSettings(ServiceSettings):
         4, ge=1, le=256, description="Rollouts in flight at once (the policy batches them)."
     )
     worker_poll_s: float = Field(0.5, gt=0, description="How often active runs are looked up.")
+    image_store_dir: Path | None = Field(
+        None,
+        description="The shared image store the trainer reads (its MAGSRL_IMAGE_STORE_DIR): "
+        "results carry references, not pixels. Default: <runs_dir>/images; neither set: "
+        "images travel inline in each result (megabytes through Redis).",
+    )
+    runs_dir: Path | None = Field(None, description="The trainer's MAGSRL_RUNS_DIR, if shared.")
     policy_timeout_s: float = Field(600.0, gt=0)
     magnifier_timeout_s: float = Field(120.0, gt=0)
     max_image_pixels: int = Field(

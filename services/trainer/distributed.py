@@ -114,6 +114,7 @@ class DistributedLearner(Learner):
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         old_logps: OldLogps = "learner",
+        image_store_dir: Path | None = None,
     ) -> None:
         if not dist.is_initialized():
             raise RuntimeError("DistributedLearner needs torch.distributed (run under torchrun)")
@@ -127,6 +128,7 @@ class DistributedLearner(Learner):
             min_pixels=min_pixels,
             max_pixels=max_pixels,
             old_logps=old_logps,
+            image_store_dir=image_store_dir,
         )
 
     # ---- hooks of Learner -----------------------------------------------------------------

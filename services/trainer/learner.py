@@ -54,9 +54,11 @@ import torch
 from torch import Tensor, nn
 
 from magsrl.common.files import atomic_directory, atomic_path
+from magsrl.common.image_blobs import open_image_store
 from magsrl.models.device import pick_device, pick_dtype
 from magsrl.models.loading import load_processor
 from magsrl.proto.rollout import RolloutResult
+from magsrl.trainer.fast_pixels import FastPixels
 from magsrl.trainer.grpo import batch_normaliser, grpo_loss
 from magsrl.trainer.learner_batch import (
     Batch,
@@ -65,6 +67,7 @@ from magsrl.trainer.learner_batch import (
     placeholder_ids,
     sequence_logprobs_entropy,
 )
+from magsrl.trainer.learner_images import StepImages
 from magsrl.trainer.optim import lr_factor
 from magsrl.trainer.run_config import RunConfig
 from magsrl.zoom.families import END_OF_TURN
@@ -91,10 +94,12 @@ class Learner:
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         old_logps: OldLogps = "learner",
+        image_store_dir: Path | None = None,
     ) -> None:
         """``min_pixels``/``max_pixels`` must be the policy's image bounds (its
         ``min_image_pixels``/``max_image_pixels_model``), so images become the same tokens.
-        ``dtype`` auto is bf16 on cuda and fp32 on CPU."""
+        ``dtype`` auto is bf16 on cuda and fp32 on CPU. ``image_store_dir``: the shared
+        image store the results' ``image_refs`` point into (the workers')."""
         if old_logps not in ("sampler", "learner"):
             raise ValueError(f"old_logps={old_logps!r} must be 'sampler' or 'learner'")
         seed_everything(config.seed)  # LoRA's random init (and dropout) follow the run seed
@@ -105,6 +110,9 @@ class Learner:
         self.device = pick_device(device)
         self.dtype = dtype if isinstance(dtype, torch.dtype) else pick_dtype(dtype, self.device)
         self.processor = load_processor(self.model_dir, min_pixels, max_pixels)
+        self.image_store = open_image_store(image_store_dir)
+        self.pixels = FastPixels(self.processor.image_processor)
+        self._step_images: StepImages | None = None  # set for the length of one step
         tokenizer = self.processor.tokenizer
         self.eos_id = int(tokenizer.convert_tokens_to_ids(END_OF_TURN))
         pad = tokenizer.pad_token_id
@@ -163,7 +171,10 @@ class Learner:
 
     # ---- batches and log-probs ----------------------------------------------------------
     def collate(self, results: Sequence[RolloutResult]) -> Batch:
-        return collate(results, self.processor, self.pad_id)
+        images = self._step_images
+        if images is None:  # outside a step (tests, the distributed padding batch)
+            images = StepImages(self.processor, self.image_store, self.pixels)
+        return collate(results, self.processor, self.pad_id, images)
 
     def _forward_logprobs(
         self, batch: Batch, model: nn.Module, temperature: float | None = None
@@ -277,7 +288,12 @@ class Learner:
         if not results:
             raise ValueError("a step needs at least one rollout result")
         grpo = self.config.grpo
-        batches, advs = self._micro_batches(results, advantages)
+        # Each distinct image (a group's shared original) decoded and processed once a step.
+        self._step_images = StepImages(self.processor, self.image_store, self.pixels)
+        try:
+            batches, advs = self._micro_batches(results, advantages)
+        finally:
+            self._step_images = None
         norm = self._normaliser(batches)
         refs = [self.ref_logprobs(b) if self.loss_config.beta > 0 else None for b in batches]
         olds: list[Tensor | OldLogps] = [self.old_logps] * len(batches)

@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from magsrl.models.loading import load_model
 from magsrl.proto.rollout import RolloutResult
 from magsrl.trainer.grpo import token_logprobs_entropy
+from magsrl.trainer.learner_images import StepImages
 from magsrl.trainer.run_config import RunConfig
-from magsrl.trainer.trajectory import decode_images
 
 LM_HEAD = "lm_head"
 IMAGE_TOKEN_TYPE = 1  # mm_token_type_ids: 0 text, 1 image (2 video: never sent here)
@@ -257,14 +257,21 @@ def _check_images(
         low, high = processor.pixel_bounds()
         raise ValueError(
             f"rollout {result.job_id}: its ids hold image runs of {runs} tokens, but its "
-            f"{len(result.images)} images give {expected} with this processor (pixels "
+            f"{result.image_count} images give {expected} with this processor (pixels "
             f"{low}..{high}); give the learner the policy's min/max image pixels"
         )
 
 
-def collate(results: Sequence[RolloutResult], processor: Any, pad_id: int) -> Batch:
+def collate(
+    results: Sequence[RolloutResult],
+    processor: Any,
+    pad_id: int,
+    images: StepImages | None = None,
+) -> Batch:
     """One right-padded ``Batch`` of ``results``, images through ``processor`` (the policy's
-    ``QwenVLProcessor``, with the policy's pixel bounds)."""
+    ``QwenVLProcessor``, with the policy's pixel bounds). ``images`` resolves and processes
+    them (pass the step's, so each distinct image is processed once per step); the default
+    reads inline images only."""
     if not results:
         raise ValueError("collate needs at least one rollout result")
     rows = [_row(r) for r in results]
@@ -284,18 +291,17 @@ def collate(results: Sequence[RolloutResult], processor: Any, pad_id: int) -> Ba
     placeholder = (input_ids == processor.image_token_id) & (completion == 0) & (attention == 1)
     mm_token_type_ids = placeholder.long() * IMAGE_TOKEN_TYPE  # (B, T)
 
-    images = [image for r in results for image in decode_images(r.images)]
-    pixel_values = grids = None
-    if images:
-        processed = processor.image_processor(images=images, return_tensors="pt")
-        pixel_values = processed["pixel_values"]  # (patches, C * tp * p * p)
-        grids = processed["image_grid_thw"]  # (images, 3)
+    if images is None:
+        images = StepImages(processor, store=None)
+    # (patches, C * tp * p * p) and (images, 3)
+    pixel_values, grids = images.batch(results)
     merge = int(processor.image_processor.merge_size)
     first = 0
     for b, result in enumerate(results):
-        own = grids[first : first + len(result.images)] if grids is not None else torch.zeros(0, 3)
+        n = result.image_count
+        own = grids[first : first + n] if grids is not None else torch.zeros(0, 3)
         _check_images(result, _image_runs(placeholder[b].long()), own, merge, processor)
-        first += len(result.images)
+        first += n
     return Batch(
         input_ids=input_ids,
         attention_mask=attention,

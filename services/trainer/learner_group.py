@@ -83,6 +83,7 @@ class LearnerGroup:
         max_pixels: int | None = None,
         old_logps: OldLogps = "learner",
         start_timeout_s: float = 1800.0,
+        image_store_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.processor = load_processor(Path(model_dir), min_pixels, max_pixels)
@@ -100,6 +101,7 @@ class LearnerGroup:
             "min_pixels": min_pixels,
             "max_pixels": max_pixels,
             "old_logps": old_logps,
+            "image_store_dir": str(image_store_dir) if image_store_dir is not None else None,
         }
         atomic_write_text(self.work_dir / "init.json", json.dumps(init))
         self.log_path = self.work_dir / "ranks.log"
@@ -209,15 +211,12 @@ def make_learner(
     work_dir: Path,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    image_store_dir: Path | None = None,
 ) -> Learner | LearnerGroup:
     """The in-process ``Learner`` for ``learner`` 1 x 1 (as before), else a rank group."""
+    pixels = {"min_pixels": min_pixels, "max_pixels": max_pixels}
     if config.learner.world_size == 1:
-        return Learner(model_dir, config, device, min_pixels=min_pixels, max_pixels=max_pixels)
+        return Learner(model_dir, config, device, **pixels, image_store_dir=image_store_dir)
     return LearnerGroup(
-        model_dir,
-        config,
-        device,
-        work_dir=work_dir,
-        min_pixels=min_pixels,
-        max_pixels=max_pixels,
+        model_dir, config, device, work_dir=work_dir, **pixels, image_store_dir=image_store_dir
     )

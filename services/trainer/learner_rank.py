@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             min_pixels=init["min_pixels"],
             max_pixels=init["max_pixels"],
             old_logps=init["old_logps"],
+            image_store_dir=Path(d) if (d := init.get("image_store_dir")) else None,
         )
     except Exception as exc:
         if rank == 0:

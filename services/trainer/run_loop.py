@@ -295,6 +295,7 @@ class RunLoop:
             min_pixels=self.limits.min_pixels,
             max_pixels=self.limits.max_pixels,
             work_dir=self.run_dir / "learner",
+            image_store_dir=self.settings.image_store_path(),
         )
         start, version = 0, 0
         checkpoint = latest_checkpoint(self.run_dir)

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from magsrl.clients.magnifier import MagnifierClient, MagnifierError, MagnifierUnavailable
 from magsrl.clients.policy import PolicyClient, PolicyError
 from magsrl.common.errors import ServiceUnavailable
+from magsrl.common.image_blobs import open_image_store, store_dir
 from magsrl.common.images import decode_reduced
 from magsrl.engines.openai_upstream import OpenAIEngine
 from magsrl.engines.settings import EngineSettings
@@ -38,6 +39,7 @@ from magsrl.trainer.queue import Delivery, QueueError, RolloutConsumer
 from magsrl.trainer.registry import active_runs
 from magsrl.trainer.rewards import compute_reward
 from magsrl.trainer.trajectory import (
+    ImageWriter,
     encode_images,
     images_from_messages,
     retokenize_mismatch,
@@ -108,11 +110,15 @@ async def run_job(
     worker: str,
     served: ServedOptions | None = None,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    images: ImageWriter | None = None,
 ) -> RolloutResult:
     """One rollout, start to finish, as ``/answer`` runs it: the same image decode (EXIF
     orientation, the model's view), the job's options over what the policy serves
     (``served``), the same loop. Failures become a result with ``error`` set (and no
-    tokens), so the learner sees the job finished rather than waiting for it forever."""
+    tokens), so the learner sees the job finished rather than waiting for it forever.
+
+    The conversation's images go to the shared store through ``images`` and the result
+    carries their references; without a store they travel inline (base64 PNGs)."""
     started = time.perf_counter()
     data = await magnifier.get_image(job.image_id) or await reupload(job, magnifier)
     policy.set_frame(job.frame_min_pixels, job.frame_max_pixels)
@@ -158,10 +164,18 @@ async def run_job(
     )
     segments = segments_from_rounds(outcome.results, job.eos_token_id)
     zooms = [z for r in outcome.rounds for z in r.zooms]
+    seen = images_from_messages(outcome.messages)
+    if images is None:
+        pixels: dict[str, object] = {"images": await asyncio.to_thread(encode_images, seen)}
+    else:
+        # The original, as decoded for this frame, is the same pixels in every job of the
+        # group: the writer encodes and stores it once per worker.
+        keys = [(job.image_id, image.size, image.mode) if im is image else None for im in seen]
+        pixels = {"image_refs": await asyncio.to_thread(images.refs, seen, keys)}
     return RolloutResult(
         **result_identity(job, worker),  # type: ignore[arg-type]
         segments=segments,
-        images=encode_images(images_from_messages(outcome.messages)),
+        **pixels,  # type: ignore[arg-type]
         reward=reward.total,
         components=reward.components,
         answer=outcome.answer,
@@ -227,6 +241,13 @@ class RolloutWorker:
         self.redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
         self.consumers: dict[str, RolloutConsumer] = {}
         self.slots = asyncio.Semaphore(settings.worker_concurrency)
+        store = open_image_store(store_dir(settings.image_store_dir, settings.runs_dir))
+        self.images = ImageWriter(store) if store is not None else None
+        if store is None:
+            log.warning(
+                "no image store (MAGSRL_IMAGE_STORE_DIR or MAGSRL_RUNS_DIR): results carry "
+                "their images inline, megabytes each through Redis"
+            )
         self.done = 0
         self.stopping = asyncio.Event()
 
@@ -333,6 +354,7 @@ class RolloutWorker:
                     self.name,
                     self.served,
                     self.settings.max_image_pixels,
+                    self.images,
                 )
             except DEPENDENCY_ERRORS as exc:
                 if isinstance(exc, UnknownModel) and await self._superseded(job):
