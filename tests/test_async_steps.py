@@ -86,6 +86,17 @@ class AsyncLoop(InProcessRunLoop):
         return out
 
 
+class ResumedLoop(AsyncLoop):
+    """Starts as a run resumed from the checkpoint of step ``start`` at version ``start``
+    (every earlier step updated)."""
+
+    start = 2
+
+    async def _setup(self) -> Any:
+        schedule, _, _ = await super()._setup()
+        return schedule, self.start, self.start
+
+
 def run_async(
     tmp_path: Path,
     redis_url: str,
@@ -93,10 +104,13 @@ def run_async(
     async_steps: int,
     steps: int = 4,
     rewrite: dict[str, int] | None = None,
+    resumed: bool = False,
+    adapters: list[str] | None = None,
 ) -> tuple[AsyncLoop, FakePolicy, list[dict[str, float]], list[int]]:
-    # Each group's two jobs get a right and a wrong answer (by seed parity would be nicer,
-    # but the scripted replies alternate in take order): every step has variance.
-    policy = FakePolicy(MODEL, "qwen3_vl", ["<answer>red</answer>", "<answer>blue</answer>"] * 40)
+    # Each group's two jobs get a right and a wrong answer (the scripted replies alternate
+    # in the order the worker takes them): every step has variance.
+    replies = ["<answer>red</answer>", "<answer>blue</answer>"] * 40
+    policy = FakePolicy(MODEL, "qwen3_vl", replies, adapters=list(adapters or []))
     config = RunConfig.model_validate(
         {
             **RUN_CONFIG,
@@ -129,7 +143,8 @@ def run_async(
             on_checkpoint=lambda step, path: None,
             cancelled=asyncio.Event(),
         )
-        loop = AsyncLoop("inproc", config, tmp_path / "runs" / "inproc", settings, hooks, http)
+        kind = ResumedLoop if resumed else AsyncLoop
+        loop = kind("inproc", config, tmp_path / "runs" / "inproc", settings, hooks, http)
         loop.events, loop.policy_fake, loop.rewrite = [], policy, dict(rewrite or {})
         loop.magnifier = magnifier  # type: ignore[assignment]
         loop.metrics.plot = lambda out: []  # type: ignore[method-assign]  # matplotlib: seconds
@@ -245,6 +260,29 @@ def test_result_outside_the_window_is_requeued(
         assert [r.version for r in learned if r.job_id == f"{job_id}~r1"] == [2]
     else:
         assert job_id in ids
+
+
+def test_resumed_async_run_replaces_what_the_crashed_trainer_left(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Pins resume with async_steps=1: a trainer killed after publishing version 2 (with
+    step 2's jobs queued ahead at version 1, so the policy still holds v1 and v2) resumes
+    from the checkpoint of step 2. It must replace v2 (its weights are retrained), unload
+    v1 (no job of its own names it), accept a result the crashed trainer's queued job left
+    at version 1 (lag 1), train steps 3 and 4 once each, and leave only the newest loaded."""
+    loop, policy, metrics, steps = run_async(
+        tmp_path,
+        redis_url,
+        async_steps=1,
+        resumed=True,
+        adapters=["inproc-v1", "inproc-v2"],
+        rewrite={"inproc:2:0:0": 1},
+    )
+    assert steps == [3, 4]
+    assert policy.adapter_log[:3] == ["-inproc-v2", "+inproc-v2", "-inproc-v1"]
+    assert policy.adapters == ["inproc-v4"]
+    assert metrics[0]["requeued"] == 0 and metrics[0]["lag_max"] == 1
+    assert {j.step: j.version for j in loop.jobs_seen} == {2: 2, 3: 2}
 
 
 def test_window_and_requeue_ids() -> None:
