@@ -6,12 +6,15 @@ adapter of the run left in the policy."""
 
 from __future__ import annotations
 
+import os
+import signal
 import statistics
 from pathlib import Path
 
 import httpx
 import pytest
 
+from magsrl.cli.supervisor import Supervisor
 from tests import test_trainer_e2e as base
 from tests.test_trainer_e2e import Stack, finished, metrics_rows, run_config, submit, wait_for
 
@@ -55,3 +58,33 @@ def test_one_step_off_learns_like_the_synchronous_run(stack: Stack) -> None:
     learn = statistics.fmean(r["learn_s"] for r in rows[1:])
     step = statistics.fmean(r["step_s"] + r["publish_s"] for r in rows[1:])
     print(f"async_steps=1: rollout wait {wait:.2f}s, learn {learn:.2f}s, step {step:.2f}s")
+
+
+@pytest.mark.timeout(RUN_TIMEOUT_S + 300)
+def test_one_step_off_run_survives_a_trainer_kill(stack: Stack) -> None:
+    """SIGKILL the trainer of an async_steps: 1 run while the next step's jobs are queued
+    ahead, and start it again: the run resumes from its checkpoint and finishes with every
+    step once, results at most one version old, and no adapter of the run left loaded.
+    Bugs caught: a resumed run failing on the versions the killed one left in the policy,
+    a step redone or skipped, an old version held in the policy for good."""
+    run_id = submit(stack.trainer_url, run_config(stack, "resume-async", steps=6, async_steps=1))
+    wait_for(stack.trainer_url, run_id, lambda i: i["step"] >= 2 or finished(i))
+    trainer = stack.trainer
+    assert trainer.proc is not None
+    os.killpg(trainer.proc.pid, signal.SIGKILL)
+    trainer.proc.wait()
+    restarted = Supervisor(stack.supervisor.log_dir.parent / "logs-restart-async")
+    again = restarted.add_magsrl_service("trainer", trainer.port, env=stack.env)
+    restarted.start()
+    stack.restarted.append(restarted)
+    trainer.proc = None
+    stack.trainer, stack.trainer_url = again, again.url
+    restarted.wait_ready(120)
+    info = wait_for(again.url, run_id, finished, timeout_s=RUN_TIMEOUT_S)
+    assert info["status"] == "completed", info.get("error")
+    rows = metrics_rows(info)
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert all(r["lag_max"] <= 1 for r in rows)
+    assert info["version"] == sum(int(r["updated"]) for r in rows)
+    models = httpx.get(f"{stack.policy.url}/v1/models").json()["data"]
+    assert not [m["id"] for m in models if m["id"].startswith(run_id)]
