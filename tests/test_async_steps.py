@@ -64,6 +64,14 @@ class AsyncLoop(InProcessRunLoop):
     events: list[tuple[str, int]]
     policy_fake: FakePolicy
     rewrite: dict[str, int]
+    lose_before_queueing: int | None = None  # the policy "restarts" before this step queues
+
+    async def _queue_ahead(self, queue: Any, schedule: Any, step: int, version: int) -> None:
+        if step == self.lose_before_queueing:
+            # A restarted policy holds none of the run's adapters; the run manager's keeper
+            # (not in this test) reloads only the newest, after the next publish.
+            self.policy_fake.adapters.clear()
+        await super()._queue_ahead(queue, schedule, step, version)
 
     async def _setup(self) -> Any:
         out = await super()._setup()
@@ -106,6 +114,7 @@ def run_async(
     rewrite: dict[str, int] | None = None,
     resumed: bool = False,
     adapters: list[str] | None = None,
+    lose_before_queueing: int | None = None,
 ) -> tuple[AsyncLoop, FakePolicy, list[dict[str, float]], list[int]]:
     # Each group's two jobs get a right and a wrong answer (the scripted replies alternate
     # in the order the worker takes them): every step has variance.
@@ -146,6 +155,7 @@ def run_async(
         kind = ResumedLoop if resumed else AsyncLoop
         loop = kind("inproc", config, tmp_path / "runs" / "inproc", settings, hooks, http)
         loop.events, loop.policy_fake, loop.rewrite = [], policy, dict(rewrite or {})
+        loop.lose_before_queueing = lose_before_queueing
         loop.magnifier = magnifier  # type: ignore[assignment]
         loop.metrics.plot = lambda out: []  # type: ignore[method-assign]  # matplotlib: seconds
         worker = RolloutWorker(
@@ -285,6 +295,23 @@ def test_resumed_async_run_replaces_what_the_crashed_trainer_left(
     assert {j.step: j.version for j in loop.jobs_seen} == {2: 2, 3: 2}
 
 
+def test_jobs_of_a_version_the_policy_lost_are_queued_again(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pins a restarted policy under async_steps=1: it comes back without the run's
+    adapters while step 2's jobs, queued ahead at version 1, wait; once version 2 is
+    published a worker drops them as superseded (no result ever comes). The loop sees that
+    the policy no longer serves version 1 and queues them again at version 2, so the step
+    finishes instead of waiting out its timeout."""
+    monkeypatch.setattr("magsrl.trainer.run_loop.LOST_VERSION_CHECK_S", 0.2)
+    loop, _, metrics, steps = run_async(tmp_path, redis_url, async_steps=1, lose_before_queueing=1)
+    assert steps == [1, 2, 3, 4]
+    assert metrics[2]["requeued"] == 4 and metrics[2]["stale_dropped"] == 0
+    learned = loop.learner.steps[2]
+    assert len(learned) == 4 and {r.version for r in learned} == {2}
+    assert all(r.job_id.endswith("~r1") for r in learned)
+
+
 def test_window_and_requeue_ids() -> None:
     """Pins the pure rules: fresh means 0 <= lag <= async_steps; a re-queued job gets a new
     id per round (from its original id) and the current version; the pipeline keeps the
@@ -293,9 +320,9 @@ def test_window_and_requeue_ids() -> None:
     assert [is_fresh(result, v, 1) for v in (2, 3, 4, 5)] == [False, True, True, False]
     assert [is_fresh(result, v, 0) for v in (3, 4)] == [True, False]
     job = RolloutJob.model_construct(job_id="r:2:0:1", version=0, policy_model=None)
-    once = requeued_job(job, 2, "r-v2", 1)
+    once = requeued_job(job, 2, "r-v2")
     assert (once.job_id, once.version, once.policy_model) == ("r:2:0:1~r1", 2, "r-v2")
-    assert requeued_job(once, 3, "r-v3", 2).job_id == "r:2:0:1~r2"
+    assert requeued_job(once, 3, "r-v3").job_id == "r:2:0:1~r2"
     pipeline = Pipeline(2)
     assert list(pipeline.steps_ahead(5, last=6)) == [6]
     assert list(pipeline.steps_ahead(1, last=9)) == [2, 3]

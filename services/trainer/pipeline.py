@@ -74,10 +74,12 @@ def is_fresh(result: RolloutResult, version: int, max_lag: int) -> bool:
     return 0 <= lag(result, version) <= max_lag
 
 
-def requeued_job(job: RolloutJob, version: int, policy_model: str | None, n: int) -> RolloutJob:
-    """``job`` again at ``version``, under a new id: the stale result holds the old id (first
-    result wins, ``queue.complete``), so a re-queue under it would never be answered."""
-    base = job.job_id.split(REQUEUE_MARK, 1)[0]
+def requeued_job(job: RolloutJob, version: int, policy_model: str | None) -> RolloutJob:
+    """``job`` again at ``version``, under the next new id (``~r1``, ``~r2``...): the stale
+    result holds the old id (first result wins, ``queue.complete``), so a re-queue under it
+    would never be answered."""
+    base, _, count = job.job_id.partition(REQUEUE_MARK)
+    n = int(count) + 1 if count.isdigit() else 1
     return job.model_copy(
         update={
             "job_id": f"{base}{REQUEUE_MARK}{n}",

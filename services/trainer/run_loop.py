@@ -60,6 +60,7 @@ log = logging.getLogger("magsrl.trainer")
 CANCEL_POLL_S = 0.5
 DEAD_LETTER_SCAN = 10_000  # dead letters read per poll: a run's whole dead-letter stream
 MAX_REQUEUES = 2  # rounds of re-queueing a step's too-old results before its group shrinks
+LOST_VERSION_CHECK_S = 5.0  # while waiting on jobs of an older version: is it still served?
 CHECKPOINT_GLOB = "step-*.pt"
 
 
@@ -198,6 +199,7 @@ class RunLoop:
         self.nonfinite_run = 0  # consecutive steps whose loss was NaN/inf
         self.pipeline = Pipeline(config.async_steps)
         self._loaded: set[int] = set()  # versions this process may have loaded in the policy
+        self._lost_requeued = 0  # jobs re-queued because the policy lost their version
 
     # ---- policy adapters ------------------------------------------------------------------
     async def _policy(self, call: Awaitable[None], what: str) -> None:
@@ -426,6 +428,7 @@ class RunLoop:
         dead_since: dict[str, tuple[float, str]] = {}  # job id -> (first seen, reason)
         grace = self.config.rollout.job_timeout_s
         deadline = time.monotonic() + self.settings.step_timeout_s
+        check_lost = time.monotonic() + LOST_VERSION_CHECK_S
         while True:
             if self.hooks.cancelled.is_set():
                 raise asyncio.CancelledError
@@ -442,6 +445,13 @@ class RunLoop:
                 for job_id, (since, reason) in dead_since.items():
                     if job_id in waiting and now - since >= grace:
                         found[job_id] = dead_result(by_id[job_id], reason)
+                if self.config.async_steps and now >= check_lost:
+                    check_lost = now + LOST_VERSION_CHECK_S
+                    waiting_jobs = [by_id[i] for i in got.missing if i not in found]
+                    for old, new in await self._replace_lost(queue, waiting_jobs):
+                        ids[ids.index(old.job_id)] = new.job_id
+                        by_id[new.job_id] = new
+                        jobs.append(new)  # the caller drops its result with the step's
             if len(found) == len(ids):
                 break
             if time.monotonic() > deadline:
@@ -453,6 +463,35 @@ class RunLoop:
                     "`magsrl up` (it runs two by default)."
                 )
         return [found[i] for i in ids]
+
+    async def _replace_lost(
+        self, queue: RolloutQueue, waiting: list[RolloutJob]
+    ) -> list[tuple[RolloutJob, RolloutJob]]:
+        """async_steps: a policy that restarted has lost its adapters; the run manager
+        loads the newest back, and a worker drops a job whose older version is then gone
+        (``worker.superseded``). Waiting jobs whose version the policy no longer serves are
+        queued again at the newest version; returns (old, new) pairs."""
+        newest = max(self._loaded, default=0)
+        older = [j for j in waiting if j.policy_model is not None and j.version < newest]
+        if not older:
+            return []
+        try:
+            served = {m.id for m in await self.policy.models()}
+        except PolicyError:
+            return []  # away or starting: look again at the next check
+        name = adapter_name(self.run_id, newest)
+        pairs = [(j, requeued_job(j, newest, name)) for j in older if j.policy_model not in served]
+        if pairs:
+            log.warning(
+                "run %s: the policy lost %s; %d jobs queued again at %s",
+                self.run_id,
+                ", ".join(sorted({old.policy_model or "" for old, _ in pairs})),
+                len(pairs),
+                name,
+            )
+            await self._enqueue(queue, [new for _, new in pairs])
+            self._lost_requeued += len(pairs)
+        return pairs
 
     def _refill_samples(
         self, schedule: Schedule, batch: StepBatch, used: set[str], count: int, attempt: int
@@ -487,13 +526,13 @@ class RunLoop:
         if not self.config.async_steps:
             return results, 0
         requeued = 0
-        for attempt in range(1, MAX_REQUEUES + 1):
+        for _ in range(MAX_REQUEUES):
             stale = {r.job_id for r in results if not is_fresh(r, version, self.config.async_steps)}
             if not stale:
                 break
             by_id = {job.job_id: job for job in jobs}
             name = adapter_name(self.run_id, version)
-            again = [requeued_job(by_id[i], version, name, attempt) for i in sorted(stale)]
+            again = [requeued_job(by_id[i], version, name) for i in sorted(stale)]
             jobs += again
             requeued += len(again)
             kept = [r for r in results if r.job_id not in stale]
@@ -522,6 +561,9 @@ class RunLoop:
     ) -> dict[str, float]:
         started = time.perf_counter()
         grpo = self.config.grpo
+        self._lost_requeued = 0
+        # Taken out of the pipeline now, its jobs' version is not unloaded all the same:
+        # nothing is released until this step's learner step has published.
         queued = self.pipeline.take(step)
         if queued is None:
             batch = schedule.batch(step)
@@ -553,8 +595,9 @@ class RunLoop:
             requeued += again
             refilled += len(extra)
         rollout_s = time.perf_counter() - started
+        requeued += self._lost_requeued
         current = self._fresh(results, version)
-        stale_dropped = requeued + len(results) - len(current)
+        stale_dropped = requeued - self._lost_requeued + len(results) - len(current)
         failed = [r for r in current if r.error is not None]
         self.stale_total += stale_dropped
         if failed:
