@@ -32,6 +32,9 @@ StageZoom = Literal["auto", "force"]
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,47}$"
 # eps bounds: checked by GRPOSettings' validator (for a fix-it message), shown in the JSON Schema.
 _UNIT = {"exclusiveMinimum": 0, "maximum": 1}
+# A run holds async_steps + 1 adapter versions in the policy at once (the in-flight jobs'
+# and the newest); 3 keeps that to half of the policy's 8-adapter limit.
+MAX_ASYNC_STEPS = 3
 
 
 class _Strict(BaseModel):
@@ -495,6 +498,15 @@ class RunConfig(_Strict):
     learner: LearnerSettings = Field(
         default_factory=LearnerSettings, description="Learner processes (FSDP2 under torchrun)."
     )
+    async_steps: int = Field(
+        0,
+        ge=0,
+        le=MAX_ASYNC_STEPS,
+        description="One-step-off training: the jobs of the next async_steps steps are queued "
+        "before the learner step, so rollout and learning overlap; results up to async_steps "
+        "versions old are trained on with the importance weights (grpo.tis_cap), older ones "
+        "are re-queued. 0: synchronous.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -542,11 +554,25 @@ class RunConfig(_Strict):
     def _consistent(self) -> Self:
         self._sync_episode()
         self._check_stages()
-        n = self.sequences_per_step
+        if self.async_steps and self.grpo.tis_cap is None and self.grpo.seq_mask_threshold is None:
+            raise ValueError(
+                f"async_steps={self.async_steps} trains on results from an older policy "
+                "version, which only the importance weights correct, and grpo.tis_cap and "
+                "grpo.seq_mask_threshold are both off: set grpo.tis_cap (2 is verl's default), "
+                "or async_steps: 0"
+            )
+        if self.async_steps and not self.lora.enabled:
+            raise ValueError(
+                f"async_steps={self.async_steps} keeps the version the queued jobs name loaded "
+                "next to the newest, and a full fine-tuning policy serves one version at a "
+                "time: use LoRA (lora.enabled: true), or async_steps: 0"
+            )
+        n = self.sequences_per_step * (1 + self.async_steps)  # queued ahead: async_steps more
         if self.rollout.queue_maxlen < n:
             raise ValueError(
-                f"rollout.queue_maxlen={self.rollout.queue_maxlen} is below one step's {n} "
-                "jobs: raise it"
+                f"rollout.queue_maxlen={self.rollout.queue_maxlen} is below the {n} jobs "
+                f"{1 + self.async_steps} step(s) queue at once (async_steps={self.async_steps}): "
+                "raise it"
             )
         return self
 

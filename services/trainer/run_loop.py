@@ -5,6 +5,12 @@ refill groups with no reward variance with new prompts (DAPO's dynamic sampling)
 learner step, save and load the next adapter version into the policy, log, and checkpoint.
 A step with nothing to learn from publishes no new version.
 
+With ``async_steps = k > 0`` (one-step-off training, ``pipeline.py``) the jobs of the next k
+steps are queued before each learner step, at the version current then, so rollout and
+learning overlap; results up to k versions old are trained on (the learner's importance
+weights correct the lag), older ones are re-queued, and a version stays loaded in the policy
+until the last queued job that names it has been collected.
+
 Steps always finish: a job the queue dead-letters becomes a failed result (the collector
 watches the dead-letter stream, and allows one more ``rollout.job_timeout_s`` for a slow
 worker's late result), so the step never waits out its timeout for it.
@@ -41,17 +47,20 @@ from magsrl.trainer.config import TrainerSettings
 from magsrl.trainer.grpo import composed_advantages
 from magsrl.trainer.limits import LimitsDisagree, RunLimits, agree, policy_limits
 from magsrl.trainer.metrics_log import MetricsLog
+from magsrl.trainer.pipeline import Pipeline, is_fresh, releasable, requeued_job
 from magsrl.trainer.queue import QueueConfig, RolloutQueue
 from magsrl.trainer.recovery import DependencyDown
 from magsrl.trainer.registry import publish_run, retire_run
 from magsrl.trainer.rewards import primary_reward
 from magsrl.trainer.run_config import RunConfig
 from magsrl.trainer.schedule import Schedule, StepBatch, load_run_samples
-from magsrl.trainer.step_metrics import rollout_metrics
+from magsrl.trainer.step_metrics import lag_metrics, rollout_metrics
 
 log = logging.getLogger("magsrl.trainer")
 CANCEL_POLL_S = 0.5
 DEAD_LETTER_SCAN = 10_000  # dead letters read per poll: a run's whole dead-letter stream
+MAX_REQUEUES = 2  # rounds of re-queueing a step's too-old results before its group shrinks
+LOST_VERSION_CHECK_S = 5.0  # while waiting on jobs of an older version: is it still served?
 CHECKPOINT_GLOB = "step-*.pt"
 
 
@@ -188,6 +197,9 @@ class RunLoop:
         self._base_checked = False  # the first publish checks what the policy serves
         self.validation_samples: list[Sample] = []
         self.nonfinite_run = 0  # consecutive steps whose loss was NaN/inf
+        self.pipeline = Pipeline(config.async_steps)
+        self._loaded: set[int] = set()  # versions this process may have loaded in the policy
+        self._lost_requeued = 0  # jobs re-queued because the policy lost their version
 
     # ---- policy adapters ------------------------------------------------------------------
     async def _policy(self, call: Awaitable[None], what: str) -> None:
@@ -230,11 +242,23 @@ class RunLoop:
             await self._policy(
                 policy.load_adapter(name, str(path.resolve())), f"loading adapter {name}"
             )
-        # Jobs of the previous step are all done: no one needs the older version.
-        older = adapter_name(self.run_id, version - 1) if version > 1 else None
-        if older is not None:
-            await self._policy(policy.unload_adapter(older, missing_ok=True), f"unloading {older}")
+        self._loaded.add(version)
+        await self._release_versions(version)
         self.hooks.on_version(version, name)
+
+    async def _release_versions(self, version: int) -> None:
+        """Unloads the older versions no queued job names any more: synchronously that is
+        every older one; with async_steps the version the jobs queued ahead name stays
+        loaded until their step has collected them (the policy holds at most 8 adapters)."""
+        if not self.config.lora.enabled:
+            return  # full fine-tuning serves one version at a time (_publish_weights)
+        for old in releasable(self._loaded, self.pipeline.versions() | {version}):
+            name = adapter_name(self.run_id, old)
+            if name is not None:
+                await self._policy(
+                    self.policy.unload_adapter(name, missing_ok=True), f"unloading {name}"
+                )
+            self._loaded.discard(old)
 
     async def _publish_weights(self, version: int) -> None:
         """Full fine-tuning: the policy swaps in version ``version``'s whole model and serves
@@ -385,19 +409,27 @@ class RunLoop:
                 )
         return jobs
 
-    async def _collect(self, queue: RolloutQueue, jobs: list[RolloutJob]) -> list[RolloutResult]:
-        """Every job's result. A job the queue dead-letters (K deliveries, or malformed)
-        becomes a failed result once it has been in the dead-letter stream for one more
-        ``rollout.job_timeout_s`` without a result: a worker that was slow rather than dead
-        (the janitor reclaimed its job) still gets to complete it."""
+    async def _enqueue(self, queue: RolloutQueue, jobs: list[RolloutJob]) -> None:
         for job in jobs:
             await queue.enqueue(job.job_id, job)  # False: a result exists (a resumed step)
+
+    async def _collect(
+        self, queue: RolloutQueue, jobs: list[RolloutJob], *, enqueued: bool = False
+    ) -> list[RolloutResult]:
+        """Every job's result (``enqueued``: the jobs were queued ahead already). A job the
+        queue dead-letters (K deliveries, or malformed) becomes a failed result once it has
+        been in the dead-letter stream for one more ``rollout.job_timeout_s`` without a
+        result: a worker that was slow rather than dead (the janitor reclaimed its job)
+        still gets to complete it."""
+        if not enqueued:
+            await self._enqueue(queue, jobs)
         by_id = {job.job_id: job for job in jobs}
         ids = list(by_id)
         found: dict[str, RolloutResult] = {}
         dead_since: dict[str, tuple[float, str]] = {}  # job id -> (first seen, reason)
         grace = self.config.rollout.job_timeout_s
         deadline = time.monotonic() + self.settings.step_timeout_s
+        check_lost = time.monotonic() + LOST_VERSION_CHECK_S
         while True:
             if self.hooks.cancelled.is_set():
                 raise asyncio.CancelledError
@@ -414,6 +446,13 @@ class RunLoop:
                 for job_id, (since, reason) in dead_since.items():
                     if job_id in waiting and now - since >= grace:
                         found[job_id] = dead_result(by_id[job_id], reason)
+                if self.config.async_steps and now >= check_lost:
+                    check_lost = now + LOST_VERSION_CHECK_S
+                    waiting_jobs = [by_id[i] for i in got.missing if i not in found]
+                    for old, new in await self._replace_lost(queue, waiting_jobs):
+                        ids[ids.index(old.job_id)] = new.job_id
+                        by_id[new.job_id] = new
+                        jobs.append(new)  # the caller drops its result with the step's
             if len(found) == len(ids):
                 break
             if time.monotonic() > deadline:
@@ -425,6 +464,35 @@ class RunLoop:
                     "`magsrl up` (it runs two by default)."
                 )
         return [found[i] for i in ids]
+
+    async def _replace_lost(
+        self, queue: RolloutQueue, waiting: list[RolloutJob]
+    ) -> list[tuple[RolloutJob, RolloutJob]]:
+        """async_steps: a policy that restarted has lost its adapters; the run manager
+        loads the newest back, and a worker drops a job whose older version is then gone
+        (``worker.superseded``). Waiting jobs whose version the policy no longer serves are
+        queued again at the newest version; returns (old, new) pairs."""
+        newest = max(self._loaded, default=0)
+        older = [j for j in waiting if j.policy_model is not None and j.version < newest]
+        if not older:
+            return []
+        try:
+            served = {m.id for m in await self.policy.models()}
+        except PolicyError:
+            return []  # away or starting: look again at the next check
+        name = adapter_name(self.run_id, newest)
+        pairs = [(j, requeued_job(j, newest, name)) for j in older if j.policy_model not in served]
+        if pairs:
+            log.warning(
+                "run %s: the policy lost %s; %d jobs queued again at %s",
+                self.run_id,
+                ", ".join(sorted({old.policy_model or "" for old, _ in pairs})),
+                len(pairs),
+                name,
+            )
+            await self._enqueue(queue, [new for _, new in pairs])
+            self._lost_requeued += len(pairs)
+        return pairs
 
     def _refill_samples(
         self, schedule: Schedule, batch: StepBatch, used: set[str], count: int, attempt: int
@@ -441,19 +509,76 @@ class RunLoop:
             return rng.sample(fresh, count)
         return [rng.choice(fresh) for _ in range(count)]
 
+    def _fresh(self, results: list[RolloutResult], version: int) -> list[RolloutResult]:
+        """The results the learner at ``version`` may train on (``pipeline.is_fresh``)."""
+        return [r for r in results if is_fresh(r, version, self.config.async_steps)]
+
+    async def _requeue_stale(
+        self,
+        queue: RolloutQueue,
+        jobs: list[RolloutJob],
+        results: list[RolloutResult],
+        version: int,
+    ) -> tuple[list[RolloutResult], int]:
+        """async_steps > 0: the jobs whose results lag more than async_steps versions are
+        queued again at ``version`` (appended to ``jobs``), so their groups keep their size;
+        returns the results with the fresh ones in their place, and how many were re-queued.
+        Synchronous runs keep dropping stale results (their group shrinks)."""
+        if not self.config.async_steps:
+            return results, 0
+        requeued = 0
+        for _ in range(MAX_REQUEUES):
+            stale = {r.job_id for r in results if not is_fresh(r, version, self.config.async_steps)}
+            if not stale:
+                break
+            by_id = {job.job_id: job for job in jobs}
+            name = adapter_name(self.run_id, version)
+            again = [requeued_job(by_id[i], version, name) for i in sorted(stale)]
+            jobs += again
+            requeued += len(again)
+            kept = [r for r in results if r.job_id not in stale]
+            results = kept + await self._collect(queue, again)
+        return results, requeued
+
+    async def _queue_ahead(
+        self, queue: RolloutQueue, schedule: Schedule, step: int, version: int
+    ) -> None:
+        """async_steps = k: the jobs of steps step+1..step+k, at ``version``, go into the
+        queue before the learner step of ``step``, so workers roll them out while it trains.
+        A step that re-scores the curriculum first is drawn in its turn (after the re-score),
+        and so are the steps after it."""
+        for ahead in self.pipeline.steps_ahead(step, self.config.steps - 1):
+            if schedule.needs_rescore(ahead):
+                break
+            if ahead in self.pipeline:
+                continue
+            batch = schedule.batch(ahead)
+            jobs = await self._make_jobs(batch, batch.samples, ahead, version, first_index=0)
+            await self._enqueue(queue, jobs)
+            self.pipeline.put(ahead, batch, jobs)
+
     async def _step(
         self, queue: RolloutQueue, schedule: Schedule, step: int, version: int
     ) -> dict[str, float]:
         started = time.perf_counter()
         grpo = self.config.grpo
-        batch = schedule.batch(step)
-        jobs = await self._make_jobs(batch, batch.samples, step, version, first_index=0)
-        results = await self._collect(queue, jobs)
+        self._lost_requeued = 0
+        # Taken out of the pipeline now, its jobs' version is not unloaded all the same:
+        # nothing is released until this step's learner step has published.
+        queued = self.pipeline.take(step)
+        if queued is None:
+            batch = schedule.batch(step)
+            jobs = await self._make_jobs(batch, batch.samples, step, version, first_index=0)
+            results = await self._collect(queue, jobs)
+        else:  # queued ahead before an earlier learner step (async_steps)
+            batch, jobs = queued.batch, list(queued.jobs)
+            results = await self._collect(queue, jobs, enqueued=True)
+        results, requeued = await self._requeue_stale(queue, jobs, results, version)
         weights = self.config.job_weights()
         used = {s.id for s in batch.samples}
         refilled = 0
         for attempt in range(grpo.max_refills):
-            current = [r for r in results if r.version == version]
+            current = self._fresh(results, version)
             grouped = advantages_by_group(current, grpo.scale_rewards == "group", True, weights)
             missing = grpo.prompts_per_step - grouped.varied
             if missing <= 0:
@@ -464,13 +589,18 @@ class RunLoop:
             first = max(j.sample_index for j in jobs) + 1
             more = await self._make_jobs(batch, extra, step, version, first_index=first)
             jobs += more
-            results += await self._collect(queue, more)
+            got, again = await self._requeue_stale(
+                queue, jobs, await self._collect(queue, more), version
+            )
+            results += got
+            requeued += again
             refilled += len(extra)
         rollout_s = time.perf_counter() - started
-        stale = [r for r in results if r.version != version]
-        current = [r for r in results if r.version == version]
+        requeued += self._lost_requeued
+        current = self._fresh(results, version)
+        stale_dropped = requeued - self._lost_requeued + len(results) - len(current)
         failed = [r for r in current if r.error is not None]
-        self.stale_total += len(stale)
+        self.stale_total += stale_dropped
         if failed:
             self.hooks.on_warning(step, f"{len(failed)} rollouts failed: {failed[0].error}")
         grouped = advantages_by_group(
@@ -485,20 +615,25 @@ class RunLoop:
             truncated_masked = len(kept) - len(keep)
             kept, advantages = [kept[i] for i in keep], advantages[keep]
         metrics = rollout_metrics(current)
+        metrics.update(lag_metrics(current, version))
         metrics.update(
-            stale_dropped=float(len(stale)),
+            stale_dropped=float(stale_dropped),
             stale_total=float(self.stale_total),
+            requeued=float(requeued),
             failed=float(len(failed)),
             groups=float(len({r.sample_index for r in current})),
             groups_varied=float(grouped.varied),
             groups_dropped=float(grouped.dropped),
             refilled_prompts=float(refilled),
             overlong_masked=float(truncated_masked),
-            rollout_s=rollout_s,
+            rollout_s=rollout_s,  # the wait for this step's results (shorter when queued ahead)
         )
+        # One-step-off: the next steps' jobs go out before this learner step, at this version.
+        await self._queue_ahead(queue, schedule, step, version)
         # A step where every advantage is 0 has no gradient: no update, no new version.
         learnable = bool(kept) and bool(advantages.abs().sum() > 0)
         metrics["updated"] = float(learnable)
+        learn_started = time.perf_counter()
         if learnable:
             learn = await asyncio.to_thread(self.learner.step, kept, advantages)
             # The learner counts the updates it made; the run counts steps (groups may all
@@ -506,7 +641,9 @@ class RunLoop:
             learn["optimizer_steps"] = learn.pop("step", 0.0)
             metrics.update({k: float(v) for k, v in learn.items()})
             diff = metrics.get("logprob_diff", 0.0)
-            if diff > self.settings.logprob_warn:
+            # Results of an older version differ from the learner by the policy's own change
+            # too, which the importance weights correct: only a lag-free step tests engines.
+            if diff > self.settings.logprob_warn and not metrics.get("lag_max"):
                 self.hooks.on_warning(
                     step,
                     f"learner and sampler log-probs differ by {diff:.2e} on average (over "
@@ -516,6 +653,7 @@ class RunLoop:
                 )
         else:
             self.hooks.on_warning(step, "no group had reward variance: no update this step")
+        metrics["learn_s"] = time.perf_counter() - learn_started
         metrics["step_s"] = time.perf_counter() - started
         await queue.drop_results([j.job_id for j in jobs])
         return metrics
@@ -569,6 +707,10 @@ class RunLoop:
             await queue.ensure_group()
             await publish_run(queue._client, self.queue_config)
             try:
+                # Versions a crashed trainer may have left loaded: released at the first
+                # publish (a resumed run's queued jobs name its own versions again).
+                first = max(1, version - 1 - self.config.async_steps)
+                self._loaded = set(range(first, version))
                 await self._publish_version(version)
                 for step in range(start, self.config.steps):
                     if self.hooks.cancelled.is_set():
@@ -576,6 +718,7 @@ class RunLoop:
                     if schedule.needs_rescore(step):
                         await self._rescore(schedule, step, version)
                     metrics = await self._step(queue, schedule, step, version)
+                    published = time.perf_counter()
                     if self._nonfinite(step, metrics):
                         pass  # no update was made: the policy keeps serving this version
                     elif metrics["updated"]:
@@ -584,6 +727,9 @@ class RunLoop:
                             self.learner.save_adapter, self.run_dir / "adapters" / f"v{version}"
                         )
                         await self._publish_version(version)
+                    async with self.hooks.publishing:  # the step's jobs are done with theirs
+                        await self._release_versions(version)
+                    metrics["publish_s"] = time.perf_counter() - published
                     every = self.config.validation.every
                     if every and self.validation_samples and (step + 1) % every == 0:
                         metrics.update(await self._validate(queue, step, version))

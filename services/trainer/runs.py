@@ -376,9 +376,11 @@ class RunManager:
                 if status is not None and status.name == run.info.policy_model:
                     await self.policy.reset_weights()
             return
+        # The newest version, and the older ones queued jobs may still have named: one
+        # more than async_steps (a crash between loading a version and unloading the last).
         names = {run.info.policy_model}
-        if run.info.version > 1:
-            names.add(adapter_name(run.info.run_id, run.info.version - 1))
+        for back in range(1, run.config.async_steps + 2):
+            names.add(adapter_name(run.info.run_id, max(run.info.version - back, 0)))
         for name in sorted(n for n in names if n):
             try:
                 await self.policy.unload_adapter(name, missing_ok=True)

@@ -1,7 +1,7 @@
 """A step's rollout instruments, from its results: rewards and accuracy, response lengths
 and truncation, per-round lengths and zoom counts, box sizes, accuracy after a zoom vs
-without, failures. Pure: the run loop merges these with the learner's metrics into
-metrics.jsonl and TensorBoard."""
+without, failures, and the policy-version lag (async_steps). Pure: the run loop merges these
+with the learner's metrics into metrics.jsonl and TensorBoard."""
 
 from __future__ import annotations
 
@@ -58,3 +58,17 @@ def rollout_metrics(results: Sequence[RolloutResult]) -> dict[str, float]:
             )
             out[f"round{k + 1}_reached"] = len(reached) / len(ran)
     return {k: float(v) for k, v in out.items() if v is not None}
+
+
+def lag_metrics(results: Sequence[RolloutResult], version: int) -> dict[str, float]:
+    """The policy-version lag of the results a step trains on (learner version minus the
+    version each result was generated at): ``lag_mean``, ``lag_max`` and ``lag_frac`` (the
+    share that lags at all). Always 0 with async_steps 0; at most async_steps otherwise."""
+    if not results:
+        return {}
+    lags = [version - r.version for r in results]
+    return {
+        "lag_mean": statistics.fmean(lags),
+        "lag_max": float(max(lags)),
+        "lag_frac": sum(x > 0 for x in lags) / len(lags),
+    }
