@@ -142,8 +142,8 @@ async def answer(request: Request, service: AnswerDep) -> AnswerResponse:
 async def chat_completions(body: ChatCompletionRequest, chat: ChatDep) -> Any:
     if body.stream:
         # Validate before the 200 starts streaming, so bad input still gets its 4xx.
-        chat.to_engine_request(body)
-        return StreamingResponse(chat.stream(body), media_type="text/event-stream")
+        engine_request = await chat.engine_request(body)
+        return StreamingResponse(chat.stream(body, engine_request), media_type="text/event-stream")
     return await chat.create(body)
 
 
