@@ -294,6 +294,9 @@ class OpenAIEngine(Engine):
     async def _payload(self, request: GenerationRequest, stream: bool) -> tuple[bytes, str]:
         """The upstream request as JSON bytes, and its routing key. Image encoding and the
         JSON of megabytes of base64 run in the engine's image threads, never on the loop."""
+        if request.model not in (None, self.base_model, *self.model_names()):
+            # Policy replicas share their engines: another may have loaded this adapter.
+            await self.ready()
         adapter = self.check_model(request.model)
         s = request.sampling
         payload: dict[str, Any] = {

@@ -60,6 +60,14 @@ IMAGE_ROLES = frozenset({"user", "tool"})
 # smaller than 200").
 
 
+async def refresh_if_unknown(engine: Engine, model: str | None) -> None:
+    """Asks the engine to look at its upstreams again when ``model`` is not among its
+    models: policy replicas share their engines, and another replica may have loaded that
+    adapter there. Unknown after that, the request gets its 404 as before."""
+    if model not in (None, engine.base_model, *engine.model_names()):
+        await engine.ready()
+
+
 class ChatService:
     def __init__(self, engine: Engine, settings: PolicySettings) -> None:
         self.engine = engine
@@ -74,6 +82,7 @@ class ChatService:
         """``to_engine_request`` in the image threads: base64 and image decoding of a few
         megapixels take tens to hundreds of milliseconds, which on the event loop would
         stall every other request and stream of this process."""
+        await refresh_if_unknown(self.engine, req.model)
         return await asyncio.get_running_loop().run_in_executor(
             self._images, self.to_engine_request, req
         )
