@@ -35,6 +35,7 @@ from magsrl.engines.upstream_limits import upstream_disagreement
 from magsrl.engines.upstream_pool import Upstream, UpstreamPool
 from magsrl.engines.upstream_replies import (
     FAMILY_FIELD,
+    StreamState,
     completion_from_choice,
     family_from_card,
     raise_for,
@@ -394,7 +395,7 @@ class OpenAIEngine(Engine):
         tried: set[str] = set()
         while True:
             upstream = await self._route(key, tried)
-            acc = _StreamState()
+            acc = StreamState()
             with self.pool.lease(upstream):
                 try:
                     async for delta in self._stream_from(upstream, payload, acc):
@@ -449,7 +450,7 @@ class OpenAIEngine(Engine):
         )
 
     async def _stream_from(
-        self, upstream: Upstream, payload: bytes, acc: _StreamState
+        self, upstream: Upstream, payload: bytes, acc: StreamState
     ) -> AsyncIterator[StreamDelta]:
         url = f"{upstream.url}/chat/completions"
         async with self.http.stream("POST", url, content=payload, headers=JSON) as resp:
@@ -528,44 +529,3 @@ def _request_body(payload: dict[str, Any], messages: list[dict[str, Any]]) -> tu
 
 def _load_body(name: str, path: str) -> dict[str, str]:
     return {"lora_name": name, "lora_path": path}
-
-
-class _StreamState:
-    """What one upstream stream has sent so far, per choice index."""
-
-    def __init__(self) -> None:
-        self.texts: dict[int, str] = {}
-        self.calls: dict[int, dict[int, dict[str, Any]]] = {}
-        self.ids: dict[int, list[int]] = {}
-        self.finish: dict[int, str] = {}
-        self.stop_reasons: dict[int, Any] = {}
-        self.logprobs: dict[int, list[dict[str, Any]]] = {}
-        self.usage: dict[str, Any] = {}
-        self.prompt_ids: list[int] | None = None
-        self.yielded = False
-
-    def add(self, chunk: dict[str, Any]) -> list[StreamDelta]:
-        self.usage = chunk.get("usage") or self.usage
-        # vLLM sends the prompt's ids once, on the first chunk of each choice.
-        self.prompt_ids = chunk.get("prompt_token_ids") or self.prompt_ids
-        out = []
-        for choice in chunk.get("choices") or []:
-            i = choice["index"]
-            delta = choice.get("delta") or {}
-            text = delta.get("content") or ""
-            self.texts[i] = self.texts.get(i, "") + text
-            for tc in delta.get("tool_calls") or []:
-                slot = self.calls.setdefault(i, {}).setdefault(tc["index"], {})
-                fn = tc.get("function") or {}
-                slot["name"] = slot.get("name", "") + (fn.get("name") or "")
-                slot["arguments"] = slot.get("arguments", "") + (fn.get("arguments") or "")
-            self.ids.setdefault(i, []).extend(choice.get("token_ids") or [])
-            self.logprobs.setdefault(i, []).extend(
-                (choice.get("logprobs") or {}).get("content") or []
-            )
-            if choice.get("finish_reason"):
-                self.finish[i] = choice["finish_reason"]
-                self.stop_reasons[i] = choice.get("stop_reason")
-            if text:
-                out.append(StreamDelta(index=i, text=text))
-        return out

@@ -1,6 +1,7 @@
 """What an OpenAI-compatible upstream (vLLM) answers, read as magsrl's own: its errors as
 magsrl errors, its choices and stream chunks as ``Completion``s, its model card as a model
-family. Pure functions over decoded JSON; the engine (openai_upstream.py) does the HTTP."""
+family, and a stream's chunks gathered per choice (``StreamState``). Pure functions over
+decoded JSON; the engine (openai_upstream.py) does the HTTP."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from magsrl.common.errors import (
 )
 from magsrl.engines.upstream_text import rebuilt_text, text_from_logprob_bytes
 from magsrl.models.hub import model_config_file
-from magsrl.zoom.engine import Completion, UnknownModel
+from magsrl.zoom.engine import Completion, StreamDelta, UnknownModel
 from magsrl.zoom.families import ModelFamily, family_for_config, get_family
 
 # An upstream 4xx answers the caller's request as we forwarded it, so it is the caller's
@@ -155,3 +156,44 @@ def raise_for(resp: httpx.Response, url: str) -> None:
     if resp.status_code >= 500:
         raise ServiceUnavailable(f"upstream {url}: {message}")
     raise upstream_refusal(resp.status_code, f"upstream: {message}", param)
+
+
+class StreamState:
+    """What one upstream stream has sent so far, per choice index."""
+
+    def __init__(self) -> None:
+        self.texts: dict[int, str] = {}
+        self.calls: dict[int, dict[int, dict[str, Any]]] = {}
+        self.ids: dict[int, list[int]] = {}
+        self.finish: dict[int, str] = {}
+        self.stop_reasons: dict[int, Any] = {}
+        self.logprobs: dict[int, list[dict[str, Any]]] = {}
+        self.usage: dict[str, Any] = {}
+        self.prompt_ids: list[int] | None = None
+        self.yielded = False
+
+    def add(self, chunk: dict[str, Any]) -> list[StreamDelta]:
+        self.usage = chunk.get("usage") or self.usage
+        # vLLM sends the prompt's ids once, on the first chunk of each choice.
+        self.prompt_ids = chunk.get("prompt_token_ids") or self.prompt_ids
+        out = []
+        for choice in chunk.get("choices") or []:
+            i = choice["index"]
+            delta = choice.get("delta") or {}
+            text = delta.get("content") or ""
+            self.texts[i] = self.texts.get(i, "") + text
+            for tc in delta.get("tool_calls") or []:
+                slot = self.calls.setdefault(i, {}).setdefault(tc["index"], {})
+                fn = tc.get("function") or {}
+                slot["name"] = slot.get("name", "") + (fn.get("name") or "")
+                slot["arguments"] = slot.get("arguments", "") + (fn.get("arguments") or "")
+            self.ids.setdefault(i, []).extend(choice.get("token_ids") or [])
+            self.logprobs.setdefault(i, []).extend(
+                (choice.get("logprobs") or {}).get("content") or []
+            )
+            if choice.get("finish_reason"):
+                self.finish[i] = choice["finish_reason"]
+                self.stop_reasons[i] = choice.get("stop_reason")
+            if text:
+                out.append(StreamDelta(index=i, text=text))
+        return out
