@@ -118,10 +118,11 @@ class OpenAIEngine(Engine):
         return "no upstream serves: " + "; ".join(p for p in problems if p)
 
     async def _check(self, upstream: Upstream) -> str | None:
+        started = self.pool.clock()
         problem = await self._probe(upstream)
         if problem is None:
             self.pool.mark_up(upstream)
-        else:
+        elif upstream.last_ok <= started:  # a later check that passed wins over this one
             self.pool.mark_down(upstream, problem)
         return problem
 

@@ -32,6 +32,7 @@ class Upstream:
     in_flight: int = 0
     down_until: float = 0.0  # monotonic time before which it is skipped; 0: up
     problem: str | None = None  # why it was last marked down
+    last_ok: float = 0.0  # monotonic time of its last passed check
     # Per-upstream facts learned by the engine.
     mode_checked: bool = False
     detokenize: bool = True
@@ -71,13 +72,16 @@ class UpstreamPool:
         return [u for u in self.upstreams if u.up(now)]
 
     def pick(self, key: str | None, exclude: frozenset[str] = frozenset()) -> Upstream | None:
-        """The upstream for a request with routing key ``key``; None when every one not in
-        ``exclude`` (urls already tried for this request) is down and not yet due a retry."""
+        """The upstream for a request with routing key ``key``, among those not in
+        ``exclude`` (urls already tried for this request); None when that leaves none."""
         now = self.clock()
         candidates = [u for u in self.upstreams if u.url not in exclude]
         up = [u for u in candidates if u.up(now)]
         if not up:
-            return None  # each comes back by itself once its retry time has passed
+            # Every one is down: try the one due back soonest rather than fail unasked (with
+            # one upstream, that is every request, as before there was a pool); the engine
+            # checks it first, so a dead one costs a refused connection.
+            return min(candidates, key=lambda u: u.down_until) if candidates else None
         least = min(up, key=lambda u: u.in_flight)
         sticky = self._sticky.get(key) if key else None
         if (
@@ -113,3 +117,4 @@ class UpstreamPool:
     def mark_up(self, upstream: Upstream) -> None:
         upstream.down_until = 0.0
         upstream.problem = None
+        upstream.last_ok = self.clock()
