@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from magsrl.common.errors import InvalidInput
+from magsrl.common.errors import BadRequest, InvalidInput
+from magsrl.common.images import open_header
 from magsrl.engines.openai_upstream import OpenAIEngine
 from magsrl.engines.upstream_pool import UpstreamPool
+from magsrl.engines.wire_images import passthrough_mime
 from magsrl.policy.config import PolicySettings
 from magsrl.policy.protocol import ChatCompletionRequest
 from magsrl.policy.serving_chat import ChatService
@@ -85,6 +87,44 @@ async def with_loop_lag(work: Awaitable[T], period_s: float = 0.005) -> tuple[T,
         done.set()
         await beating
     return result, worst
+
+
+# ---- which bytes pass unchanged, pure ----------------------------------------------------------
+def encoded(fmt: str, mode: str = "RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (64, 48), 128).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "mime"),
+    [
+        pytest.param(encoded("JPEG"), "image/jpeg", id="jpeg"),
+        pytest.param(encoded("PNG"), "image/png", id="png"),
+        pytest.param(encoded("JPEG", "L"), "image/jpeg", id="grey-jpeg"),
+        pytest.param(encoded("JPEG")[:-40], None, id="cut-jpeg"),
+        pytest.param(encoded("PNG")[:-20], None, id="cut-png"),
+        pytest.param(encoded("PNG", "RGBA"), None, id="alpha"),
+        pytest.param(encoded("WEBP"), None, id="webp"),
+        pytest.param(photo_jpeg(64, 48, orientation=6), None, id="exif-turned"),
+    ],
+)
+def test_passthrough_only_where_the_upstream_sees_the_same_pixels(
+    data: bytes, mime: str | None
+) -> None:
+    """The bugs it pins: forwarding an EXIF-turned JPEG (vLLM does not turn it, magsrl's
+    boxes are in the turned frame), an alpha image (its RGB conversion is not pinned), or a
+    file cut short (the upstream's error instead of the caller's 400)."""
+    assert passthrough_mime(open_header(data), data) == mime
+
+
+def test_a_cut_jpeg_is_still_the_callers_400() -> None:
+    """The bug: with only the header read, a truncated JPEG went to the upstream, whose
+    failure came back as a 503 that rollout workers retry forever."""
+    settings = PolicySettings(engine="openai", policy_model="m")
+    chat = ChatService(OpenAIEngine(settings.engine_settings()), settings)
+    with pytest.raises(BadRequest, match="truncated or corrupt"):
+        chat.to_engine_request(chat_request("m", photo_jpeg(640, 480)[:-3000]))
 
 
 # ---- the routing table, pure ----------------------------------------------------------------

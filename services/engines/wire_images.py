@@ -47,11 +47,16 @@ class EncodedImage:
         return f"data:{self.mime};base64,{self.b64 if self.b64 is not None else to_b64(self.data)}"
 
 
-def passthrough_mime(probe: Image.Image) -> str | None:
-    """The mime type under which an opened (header-only) image can go to the upstream as it
-    is, or None when it must be decoded and encoded. Reads the header only."""
+def passthrough_mime(probe: Image.Image, data: bytes) -> str | None:
+    """The mime type under which ``data``, opened (header only) as ``probe``, can go to the
+    upstream as it is, or None when it must be decoded and encoded. Reads the header and
+    the last bytes only: a file cut short (no JPEG end marker, no PNG IEND chunk) is decoded
+    here, so the caller gets decode_image's 400 instead of an upstream failure."""
     mime = PASSTHROUGH_FORMATS.get(probe.format or "")
     if mime is None or probe.mode not in PASSTHROUGH_MODES:
+        return None
+    tail = data[-32:]
+    if (b"\xff\xd9" if probe.format == "JPEG" else b"IEND") not in tail:
         return None
     try:
         orientation = probe.getexif().get(_EXIF_ORIENTATION, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Annotated, Any
@@ -92,6 +93,10 @@ _ANSWER_DOC: dict[str, Any] = {
 }
 
 
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
 async def _answer_request(request: Request) -> AnswerRequest:
     content_type = request.headers.get("content-type", "")
     try:
@@ -113,7 +118,8 @@ async def _answer_request(request: Request) -> AnswerRequest:
                         'options must be a JSON list of strings, e.g. ["red", "blue"]',
                         param="options",
                     ) from exc
-            fields["image"] = {"b64": base64.b64encode(await upload.read()).decode()}
+            data = await upload.read()
+            fields["image"] = {"b64": await asyncio.to_thread(_b64, data)}  # off the loop
             return AnswerRequest.model_validate(fields)
         try:
             body = await request.json()

@@ -189,7 +189,7 @@ class ChatService:
         if self.pass_bytes:
             probe = open_header(data, param=param)
             width, height = oriented_size(probe)
-            mime = passthrough_mime(probe)
+            mime = passthrough_mime(probe, data)
             if mime is not None:
                 self._check_size(width, height, param)
                 b64 = url.strip().partition(",")[2]
