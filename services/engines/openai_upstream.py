@@ -271,7 +271,7 @@ class OpenAIEngine(Engine):
     async def unload_adapter(self, name: str) -> None:
         self.check_model(name)
         self._loaded.pop(name, None)
-        holders = [u for u in self.pool if name in u.adapters]
+        holders = list(self.pool)  # each one's list may be stale: ask them all
         errors = await asyncio.gather(*(self._unload_on(u, name) for u in holders))
         refused = [(u, e) for u, e in zip(holders, errors, strict=True) if e is not None]
         if refused:
