@@ -28,9 +28,10 @@ from typing import Any
 
 import httpx
 
-from magsrl.common.errors import InvalidInput, MagsrlError, ServiceUnavailable, UpstreamError
+from magsrl.common.errors import ServiceUnavailable, UpstreamError
 from magsrl.engines.logprobs_mode import observed_mode
 from magsrl.engines.settings import EngineSettings
+from magsrl.engines.upstream_adapters import UNREACHABLE, AdapterFanOut
 from magsrl.engines.upstream_limits import upstream_disagreement
 from magsrl.engines.upstream_pool import Upstream, UpstreamPool
 from magsrl.engines.upstream_replies import (
@@ -39,7 +40,6 @@ from magsrl.engines.upstream_replies import (
     completion_from_choice,
     family_from_card,
     raise_for,
-    raise_lora_error,
     stream_chunk,
     upstream_refusal,
 )
@@ -51,23 +51,11 @@ from magsrl.zoom.engine import (
     GenerationRequest,
     GenerationResult,
     StreamDelta,
-    UnknownModel,
 )
 from magsrl.zoom.families import ModelFamily, resized_size
 
 __all__ = ["FAMILY_FIELD", "OpenAIEngine", "family_from_card", "upstream_refusal"]
 _completion = completion_from_choice  # the name tests/test_rerender.py imports
-
-# Failures that say the upstream process or its network is gone (refused, reset, closed
-# mid-answer): it is marked down and the request goes to another. A timeout is not one of
-# them: a slow upstream is busy, and sending its work to another would double the load.
-UNREACHABLE = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.ReadError,
-    httpx.WriteError,
-    httpx.RemoteProtocolError,
-)
 
 
 class OpenAIEngine(Engine):
@@ -92,9 +80,7 @@ class OpenAIEngine(Engine):
         )
         self.base_url = self.pool.upstreams[0].url  # the first upstream, for messages
         self.http = httpx.AsyncClient(timeout=settings.upstream_timeout_s, headers=headers)
-        # Adapters loaded through this engine, name -> path: an upstream that comes back
-        # (a restarted vLLM has forgotten them) gets them again before it serves.
-        self._loaded: dict[str, str] = {}
+        self.adapters = AdapterFanOut(self.pool, self._post_to)
         self._images = ThreadPoolExecutor(settings.image_threads, thread_name_prefix="images")
 
     async def start(self) -> None:
@@ -157,21 +143,7 @@ class OpenAIEngine(Engine):
         if disagreement is not None:
             return disagreement
         problem = await self._check_logprobs_mode(upstream, card)
-        return problem or await self._restore_adapters(upstream)
-
-    async def _restore_adapters(self, upstream: Upstream) -> str | None:
-        for name, path in self._loaded.items():
-            if name in upstream.adapters:
-                continue
-            try:
-                resp = await self._post_to(upstream, "/load_lora_adapter", _load_body(name, path))
-                if resp.status_code >= 400:
-                    raise_lora_error(resp, path)
-                raise_for(resp, upstream.url)
-            except MagsrlError as exc:
-                return f"upstream {upstream.url} could not load adapter '{name}' again: {exc}"
-            upstream.adapters.append(name)
-        return None
+        return problem or await self.adapters.restore(upstream)
 
     async def _check_logprobs_mode(self, upstream: Upstream, card: dict[str, Any]) -> str | None:
         """None when the upstream reports the log-probs mode the settings expect (or the
@@ -214,7 +186,7 @@ class OpenAIEngine(Engine):
         return self._family
 
     def model_names(self) -> list[str]:
-        seen = dict.fromkeys(self._loaded)
+        seen = dict.fromkeys(self.adapters.loaded)
         for upstream in self.pool.available():
             seen.update(dict.fromkeys(upstream.adapters))
         return [self.base_model, *seen]
@@ -230,67 +202,13 @@ class OpenAIEngine(Engine):
             max_pixels=self.settings.max_image_pixels_model,
         )
 
-    # ---- adapters: every upstream, or none --------------------------------------------
+    # ---- adapters: every upstream, or none (engines/upstream_adapters.py) ---------------
     async def load_adapter(self, name: str, path: str) -> None:
-        """Loads on every reachable upstream. One refusal unloads it from the others and
-        raises, naming the upstream; an unreachable one is marked down and gets the adapter
-        when it comes back (``_restore_adapters``)."""
-        targets = self.pool.available()
-        if not targets:
-            raise ServiceUnavailable(f"no upstream is reachable to load adapter '{name}'")
-        outcomes = await asyncio.gather(
-            *(self._load_on(u, name, path) for u in targets), return_exceptions=True
-        )
-        failed = [(u, e) for u, e in zip(targets, outcomes, strict=True) if e is not None]
-        refusals = [(u, e) for u, e in failed if not isinstance(e.__cause__, UNREACHABLE)]
-        if refusals or (failed and len(failed) == len(targets)):
-            loaded = [u for u, e in zip(targets, outcomes, strict=True) if e is None]
-            await asyncio.gather(*(self._unload_on(u, name) for u in loaded))
-            upstream, exc = (refusals or failed)[0]
-            if len(self.pool) == 1 or not isinstance(exc, MagsrlError):
-                raise exc
-            where = f"upstream {upstream.url} (of {len(self.pool)}; none keeps '{name}')"
-            raise type(exc)(f"{where}: {exc.message}", param=exc.param) from exc
-        self._loaded[name] = path
-
-    async def _load_on(self, upstream: Upstream, name: str, path: str) -> BaseException | None:
-        try:
-            resp = await self._post_to(upstream, "/load_lora_adapter", _load_body(name, path))
-            if resp.status_code >= 400:
-                raise_lora_error(resp, path)
-            raise_for(resp, upstream.url)
-        except ServiceUnavailable as exc:
-            if isinstance(exc.__cause__, UNREACHABLE):
-                self.pool.mark_down(upstream, str(exc))
-            return exc
-        except MagsrlError as exc:
-            return exc
-        upstream.adapters.append(name)
-        return None
+        await self.adapters.load(name, path)
 
     async def unload_adapter(self, name: str) -> None:
         self.check_model(name)
-        self._loaded.pop(name, None)
-        holders = list(self.pool)  # each one's list may be stale: ask them all
-        errors = await asyncio.gather(*(self._unload_on(u, name) for u in holders))
-        refused = [(u, e) for u, e in zip(holders, errors, strict=True) if e is not None]
-        if refused:
-            upstream, exc = refused[0]
-            raise InvalidInput(f"upstream {upstream.url} did not unload '{name}': {exc}")
-
-    async def _unload_on(self, upstream: Upstream, name: str) -> MagsrlError | None:
-        """None when ``upstream`` no longer holds ``name`` (unloaded, unknown there, or
-        down: a restarted engine has forgotten it anyway); else its refusal."""
-        if name in upstream.adapters:
-            upstream.adapters.remove(name)
-        try:
-            resp = await self._post_to(upstream, "/unload_lora_adapter", {"lora_name": name})
-            raise_for(resp, upstream.url)
-        except (UnknownModel, ServiceUnavailable):
-            return None
-        except MagsrlError as exc:
-            return exc
-        return None
+        await self.adapters.unload(name)
 
     # ---- generation -----------------------------------------------------------------
     async def _payload(self, request: GenerationRequest, stream: bool) -> tuple[bytes, str]:
@@ -526,7 +444,3 @@ def _request_body(payload: dict[str, Any], messages: list[dict[str, Any]]) -> tu
     wired, key = wire_messages(messages)
     body = {"model": payload["model"], "messages": wired, **payload}
     return json.dumps(body).encode(), f"{payload['model']}:{key}"
-
-
-def _load_body(name: str, path: str) -> dict[str, str]:
-    return {"lora_name": name, "lora_path": path}
