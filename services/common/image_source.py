@@ -152,7 +152,8 @@ async def inline_or_url_bytes(
     """The bytes of a ``b64`` or ``url`` image reference; None for an ``id``, which each
     service resolves from its own store."""
     if ref.b64 is not None:
-        return decode_b64(ref.b64, param="image.b64")
+        # In a thread: megabytes of base64 would hold up the event loop.
+        return await asyncio.to_thread(decode_b64, ref.b64, param="image.b64")
     if ref.url is not None:
         return await fetch_url(
             client,

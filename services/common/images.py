@@ -43,6 +43,12 @@ def _open(data: bytes, param: str) -> Image.Image:
         ) from exc
 
 
+def open_header(data: bytes, *, param: str = "image") -> Image.Image:
+    """The image opened with its header read and no pixel decoded (size, format, mode, EXIF
+    are known); bad bytes are a 400."""
+    return _open(data, param)
+
+
 def decode_image(data: bytes, *, max_pixels: int, param: str = "image") -> Image.Image:
     """Bytes to a loaded RGB image, oriented as EXIF says (as a person would see it)."""
     return _load(_open(data, param), max_pixels=max_pixels, param=param)

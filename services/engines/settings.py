@@ -24,6 +24,23 @@ class EngineSettings(BaseModel):
     )
     # the openai engine
     upstream_url: str = Field("http://127.0.0.1:8100/v1", description="Upstream /v1 base URL.")
+    upstream_urls: list[str] = Field(
+        default_factory=list,
+        description="Several upstream /v1 base URLs (engines/upstream_pool.py routes each "
+        "conversation to one); empty: upstream_url alone.",
+    )
+    upstream_retry_s: float = Field(
+        5.0, gt=0, le=600, description="How long an unreachable upstream is skipped."
+    )
+    upstream_sticky_slack: int = Field(
+        8,
+        ge=0,
+        description="How many more requests in flight a conversation's upstream may have than "
+        "the least loaded one before the conversation moves (and loses its prefix cache).",
+    )
+    image_threads: int = Field(
+        4, ge=1, le=64, description="Threads that encode images for the upstream, off the loop."
+    )
     upstream_api_key: SecretStr | None = Field(None, description="Bearer key for the upstream.")
     upstream_timeout_s: float = Field(600.0, gt=0)
     upstream_logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = Field(
@@ -44,3 +61,7 @@ class EngineSettings(BaseModel):
     max_adapters: int = Field(8, ge=1)
     batch_wait_ms: float = Field(0.0, ge=0)
     max_batch: int = Field(16, ge=1)
+
+    def upstreams(self) -> list[str]:
+        """The upstream /v1 base URLs, in order: ``upstream_urls``, else ``upstream_url``."""
+        return [u.rstrip("/") for u in self.upstream_urls] or [self.upstream_url.rstrip("/")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Annotated, Any
@@ -96,6 +97,10 @@ _ANSWER_DOC: dict[str, Any] = {
 }
 
 
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
 async def _answer_request(request: Request) -> AnswerRequest:
     content_type = request.headers.get("content-type", "")
     try:
@@ -117,7 +122,8 @@ async def _answer_request(request: Request) -> AnswerRequest:
                         'options must be a JSON list of strings, e.g. ["red", "blue"]',
                         param="options",
                     ) from exc
-            fields["image"] = {"b64": base64.b64encode(await upload.read()).decode()}
+            data = await upload.read()
+            fields["image"] = {"b64": await asyncio.to_thread(_b64, data)}  # off the loop
             return AnswerRequest.model_validate(fields)
         try:
             body = await request.json()
@@ -146,8 +152,8 @@ async def answer(request: Request, service: AnswerDep) -> AnswerResponse:
 async def chat_completions(body: ChatCompletionRequest, chat: ChatDep) -> Any:
     if body.stream:
         # Validate before the 200 starts streaming, so bad input still gets its 4xx.
-        chat.to_engine_request(body)
-        return StreamingResponse(chat.stream(body), media_type="text/event-stream")
+        engine_request = await chat.engine_request(body)
+        return StreamingResponse(chat.stream(body, engine_request), media_type="text/event-stream")
     return await chat.create(body)
 
 

@@ -44,6 +44,20 @@ class PolicySettings(ServiceSettings):
     upstream_url: str = Field(
         "http://127.0.0.1:8100/v1", description="The openai engine's upstream base URL."
     )
+    upstream_urls: CommaList = Field(
+        default_factory=list,
+        description="Several upstreams (comma-separated /v1 base URLs), e.g. one vLLM per "
+        "GPU: each conversation is routed to one (docs/deploy.md). Empty: upstream_url.",
+    )
+    upstream_retry_s: float = Field(
+        5.0, gt=0, le=600, description="How long an unreachable upstream is skipped."
+    )
+    upstream_sticky_slack: int = Field(
+        8, ge=0, description="Load difference (requests in flight) that moves a conversation."
+    )
+    image_threads: int = Field(
+        4, ge=1, le=64, description="Threads for image decoding and encoding, off the loop."
+    )
     upstream_api_key: SecretStr | None = Field(None, description="Bearer key for the upstream.")
     upstream_timeout_s: float = Field(600.0, gt=0)
     upstream_logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = Field(
@@ -135,7 +149,7 @@ class PolicySettings(ServiceSettings):
         "comparison shows the upscaler and not the codec.",
     )
 
-    @field_validator("weights_roots", mode="before")
+    @field_validator("weights_roots", "upstream_urls", mode="before")
     @classmethod
     def _roots(cls, value: object) -> object:
         return split_comma_list(value)

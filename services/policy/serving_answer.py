@@ -9,6 +9,7 @@ from magsrl.clients.magnifier import MagnifierClient, MagnifierUnavailable
 from magsrl.common.errors import NotFound, ServiceUnavailable
 from magsrl.common.image_source import inline_or_url_bytes
 from magsrl.policy.config import PolicySettings
+from magsrl.policy.serving_chat import refresh_if_unknown
 from magsrl.proto.policy import AnswerRequest, AnswerResponse
 from magsrl.zoom.answer import answer_episode, answer_options
 from magsrl.zoom.engine import Engine
@@ -61,6 +62,7 @@ class AnswerService:
         return answer_options(req, self.served, max_images=self.settings.max_images)
 
     async def answer(self, req: AnswerRequest) -> AnswerResponse:
+        await refresh_if_unknown(self.engine, req.model)
         self.engine.check_model(req.model)
         data, image_id = await self._image_bytes(req)
         return await answer_episode(

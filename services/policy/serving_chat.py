@@ -4,14 +4,17 @@ peer protocol whose tool the request declares (``peer_tools``), and SSE streamin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from magsrl.common.errors import APIError, BadRequest, error_body
-from magsrl.common.images import decode_b64, decode_image
+from magsrl.common.errors import APIError, BadRequest, PayloadTooLarge, error_body
+from magsrl.common.images import decode_b64, decode_image, open_header, oriented_size
+from magsrl.engines.wire_images import EncodedImage, passthrough_mime
 from magsrl.policy.config import PolicySettings
 from magsrl.policy.peer_tools import PeerCallParser, PeerTools, peer_tools, written_back
 from magsrl.policy.protocol import (
@@ -60,13 +63,36 @@ IMAGE_ROLES = frozenset({"user", "tool"})
 # smaller than 200").
 
 
+async def refresh_if_unknown(engine: Engine, model: str | None) -> None:
+    """Asks the engine to look at its upstreams again when ``model`` is not among its
+    models: policy replicas share their engines, and another replica may have loaded that
+    adapter there. Unknown after that, the request gets its 404 as before."""
+    if model not in (None, engine.base_model, *engine.model_names()):
+        await engine.ready()
+
+
 class ChatService:
     def __init__(self, engine: Engine, settings: PolicySettings) -> None:
         self.engine = engine
         self.settings = settings
+        # An engine that forwards image bytes (the openai engine) gets the client's JPEG or
+        # PNG as sent, checked from its header; others get decoded pixels.
+        self.pass_bytes = bool(getattr(engine, "passes_image_bytes", False))
+        self._images = ThreadPoolExecutor(settings.image_threads, thread_name_prefix="chat-images")
 
     # ---- request conversion ---------------------------------------------------------
+    async def engine_request(self, req: ChatCompletionRequest) -> GenerationRequest:
+        """``to_engine_request`` in the image threads: base64 and image decoding of a few
+        megapixels take tens to hundreds of milliseconds, which on the event loop would
+        stall every other request and stream of this process."""
+        await refresh_if_unknown(self.engine, req.model)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._images, self.to_engine_request, req
+        )
+
     def to_engine_request(self, req: ChatCompletionRequest) -> GenerationRequest:
+        """The engine request (blocking: decodes images; ``engine_request`` runs it off
+        the loop)."""
         self.engine.check_model(req.model)
         tools = self._tools(req)
         peer = self.peer_tools(req)
@@ -156,7 +182,7 @@ class ChatService:
                             "images go in user messages (or tool results)",
                             param=f"messages[{index}].content[{j}]",
                         )
-                    parts.append({"type": "image", "image": self._image(part.image_url.url, param)})
+                    parts.append(self._image(part.image_url.url, param))
             out["content"] = parts
         else:
             out["content"] = content or ""
@@ -166,7 +192,10 @@ class ChatService:
             out["tool_call_id"] = message.tool_call_id
         return out
 
-    def _image(self, url: str, param: str) -> Any:
+    def _image(self, url: str, param: str) -> dict[str, Any]:
+        """An engine image part. To an engine that forwards bytes, a JPEG or PNG that the
+        upstream reads as magsrl would (engines/wire_images.py) goes as sent, with only its
+        header read here (size, orientation); anything else is decoded as before."""
         if not url.startswith("data:"):
             raise BadRequest(
                 "images must be data URLs (data:image/png;base64,...); remote "
@@ -174,13 +203,34 @@ class ChatService:
                 param=param,
             )
         data = decode_b64(url, param=param)
+        if self.pass_bytes:
+            probe = open_header(data, param=param)
+            width, height = oriented_size(probe)
+            mime = passthrough_mime(probe, data)
+            if mime is not None:
+                self._check_size(width, height, param)
+                b64 = url.strip().partition(",")[2]
+                # ``image``: the header-only image (pixels decode only if something asks).
+                return {"type": "image", "image": probe, "source": EncodedImage(data, mime, b64)}
         image = decode_image(data, max_pixels=self.settings.max_image_pixels, param=param)
         check_aspect(image.width, image.height, param)
-        return image
+        return {"type": "image", "image": image}
+
+    def _check_size(self, width: int, height: int, param: str) -> None:
+        """decode_image's size checks, from the header alone."""
+        if width <= 0 or height <= 0:
+            raise BadRequest(f"the image has zero size ({width}x{height})", param=param)
+        if width * height > self.settings.max_image_pixels:
+            raise PayloadTooLarge(
+                f"the image is {width}x{height} = {width * height} pixels, over the limit of "
+                f"{self.settings.max_image_pixels}; downscale it first",
+                param=param,
+            )
+        check_aspect(width, height, param)
 
     # ---- non-streaming --------------------------------------------------------------
     async def create(self, req: ChatCompletionRequest) -> ChatCompletionResponse:
-        result = await self.engine.generate(self.to_engine_request(req))
+        result = await self.engine.generate(await self.engine_request(req))
         choices = [self._choice(i, c, req) for i, c in enumerate(result.completions)]
         completion_tokens = sum(len(c.token_ids) for c in result.completions)
         return ChatCompletionResponse(
@@ -225,13 +275,16 @@ class ChatService:
         )
 
     # ---- streaming ------------------------------------------------------------------
-    async def stream(self, req: ChatCompletionRequest) -> AsyncIterator[str]:
-        """The SSE events. Once the 200 has gone out, a failure can no longer change the
-        status: it arrives as an error event, then ``[DONE]``, as vLLM does
-        (vllm/entrypoints/openai/serving_chat.py, chat_completion_stream_generator), never as
-        a cut connection."""
+    async def stream(
+        self, req: ChatCompletionRequest, engine_request: GenerationRequest | None = None
+    ) -> AsyncIterator[str]:
+        """The SSE events (``engine_request``: the request already converted, as the route
+        does to answer bad input with a 4xx before the 200). Once the 200 has gone out, a
+        failure can no longer change the status: it arrives as an error event, then
+        ``[DONE]``, as vLLM does (vllm/entrypoints/openai/serving_chat.py,
+        chat_completion_stream_generator), never as a cut connection."""
         try:
-            async for piece in self._stream(req):
+            async for piece in self._stream(req, engine_request):
                 yield piece
         except APIError as exc:
             yield _error_event(exc.status_code, exc.message, exc.error_type, exc.param)
@@ -243,8 +296,10 @@ class ChatService:
             )
             yield "data: [DONE]\n\n"
 
-    async def _stream(self, req: ChatCompletionRequest) -> AsyncIterator[str]:
-        engine_request = self.to_engine_request(req)
+    async def _stream(
+        self, req: ChatCompletionRequest, engine_request: GenerationRequest | None
+    ) -> AsyncIterator[str]:
+        engine_request = engine_request or await self.engine_request(req)
         cid, created = completion_id(), int(time.time())
         with_tools = bool(req.tools) and req.tool_choice != "none"
         peer = self.peer_tools(req)

@@ -5,6 +5,7 @@ eval's client-side OpenAI backend both call this, so they cannot drift apart."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from magsrl.common.images import decode_reduced
@@ -44,7 +45,9 @@ async def answer_episode(
     engine = loop.engine
     engine.check_model(request.model)
     # Decoded straight to the model's view: the magnifier crops from the bytes.
-    image, original = decode_reduced(
+    # In a thread: a multi-megapixel decode would stall the event loop (issue 15).
+    image, original = await asyncio.to_thread(
+        decode_reduced,
         data,
         max_pixels=max_image_pixels,
         target=checked_frame(engine.frame_size),

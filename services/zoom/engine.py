@@ -2,7 +2,9 @@
 
 Messages are chat-template dicts whose image parts carry PIL images
 (``{"type": "image", "image": <PIL.Image>}``); each engine turns them into what it needs
-(processor inputs, or data URLs for an upstream server).
+(processor inputs, or data URLs for an upstream server). For an engine that forwards bytes
+(``passes_image_bytes``), a part may also carry the client's encoded image as ``source``
+(engines/wire_images.py ``EncodedImage``), its ``image`` then opened but not decoded.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ to the model as an error and the loop goes on.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -441,7 +442,8 @@ class ZoomLoop:
         boxes: list[tuple[int, int, int, int]],
         opts: LoopOptions,
     ) -> list[tuple[CropRef, Image.Image]]:
-        data = image_bytes if image_bytes is not None else encode_image(image, "png")
+        # Image work runs in a thread, off the event loop (issue 15).
+        data = image_bytes or await asyncio.to_thread(encode_image, image, "png")
 
         async def zoom() -> ZoomResponse:
             if state.image_id is None:
@@ -467,7 +469,7 @@ class ZoomLoop:
         out = []
         for crop in response.crops:
             data = base64.b64decode(crop.b64)
-            crop_image = Image.open(io.BytesIO(data)).convert("RGB")
+            crop_image = await asyncio.to_thread(_decoded_crop, data)
             out.append(
                 (
                     CropRef(
@@ -533,3 +535,7 @@ def _over_limit(call: ZoomCall, max_images: int | None) -> Zoom:
         "have seen"
     )
     return Zoom(box=None, img_idx=call.img_idx, label=call.label, error=reason)
+
+
+def _decoded_crop(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
 import io
 import json
 import time
@@ -159,6 +160,7 @@ class FakeVLLM:
         adapter = self.adapter_for(req.model)
         record = req.model_dump(exclude={"messages"})
         record["roles"] = [m.get("role") for m in req.messages]
+        record["images"] = _image_digests(req.messages)  # what each image arrived as
         self.requests.append(record)
         messages, images = self.conversation(req)
         tool_choice = req.tool_choice or ("auto" if req.tools else "none")
@@ -389,3 +391,17 @@ def _decode_image(url: str) -> Image.Image:
         raise FakeError("the fake takes data URLs only")
     data = base64.b64decode(url.split(",", 1)[1])
     return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def _image_digests(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The mime type and sha256 of the bytes of each data-URL image, in order."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                header, _, payload = str(part["image_url"]["url"]).partition(",")
+                data = base64.b64decode(payload)
+                mime = header.removeprefix("data:").split(";")[0]
+                out.append({"mime": mime, "sha256": hashlib.sha256(data).hexdigest()})
+    return out
