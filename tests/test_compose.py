@@ -563,3 +563,22 @@ def test_dockerignore_keeps_secrets_and_the_venv_out() -> None:
     ignored = (REPO / ".dockerignore").read_text().split()
     for entry in (".git", ".venv", ".env", ".magsrl", "bench/results"):
         assert entry in ignored, entry
+
+
+def test_magnifier_workers_and_trainer_share_the_image_store(services: dict[str, Any]) -> None:
+    """Results carry image references (issue 15): the magnifier writes uploads to the store,
+    workers write crops, the learner reads both by hash. Without one shared volume at the
+    path each names in MAGSRL_IMAGE_STORE_DIR, a second magnifier replica answered 404 and
+    the learner could not resolve a worker's references."""
+    sources = set()
+    for name in ("magnifier", "trainer", "rollout-worker"):
+        store = services[name]["environment"]["MAGSRL_IMAGE_STORE_DIR"]
+        mount = _mounts(services[name])[store]
+        assert mount["type"] == "volume" and not mount.get("read_only"), name
+        sources.add(mount["source"])
+    assert len(sources) == 1
+    # A fresh named volume copies the owner of the image's folder: both images make it as
+    # the service user, so the first container to mount it needs no chown.
+    for service in ("magnifier", "trainer"):
+        dockerfile = (REPO / "services" / service / "Dockerfile").read_text()
+        assert "install -d -o magsrl -g magsrl" in dockerfile and "/data/images" in dockerfile
