@@ -45,8 +45,8 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="policy model: a Hugging Face id, a local path, or tiny "
-        "(default: MAGSRL_POLICY_MODEL or tiny)",
+        help="policy model: a Hugging Face id, a local path, tiny (random weights) or nano "
+        "(trained to zoom, docs/nano.md) (default: MAGSRL_POLICY_MODEL or tiny)",
     )
     parser.add_argument(
         "--train",
@@ -231,7 +231,7 @@ def check_model(model: str | None) -> str | None:
     import os
 
     name = model or os.environ.get("MAGSRL_POLICY_MODEL") or "tiny"
-    if name == "tiny" or Path(name).expanduser().is_dir():
+    if name in ("tiny", "nano") or Path(name).expanduser().is_dir():
         return None
     if Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
         return f"--model {name}: no such model folder (give a folder with config.json)"

@@ -1,0 +1,153 @@
+"""``magsrl nano train``: rebuilds the nano model (a small Qwen2.5-VL that learns to zoom
+on the ``nano`` scenes) from a seed, on CPU, with a progress bar. The committed weights
+under ``services/models/nano_weights`` were made by this command; see docs/nano.md."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = Path("nano-model")
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "nano",
+        help="train the nano zooming model from scratch",
+        description="The nano model: a small Qwen2.5-VL trained here, on CPU, to find a "
+        "framed label, zoom into it and read its digit.",
+    )
+    nano_sub = parser.add_subparsers(dest="nano_command", required=True, metavar="ACTION")
+    train = nano_sub.add_parser(
+        "train",
+        help="train the nano model from a seed (about 30 minutes on one core)",
+        description="Supervised stages on scripted two-round episodes rendered by the real "
+        "zoom loop: read the crop, then locate and read, then anneal. Writes the model "
+        "folder and the curve (CSV and PNG).",
+    )
+    train.add_argument(
+        "--seed", type=int, default=0, help="seed of scenes and weights (default: 0)"
+    )
+    train.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="model folder to write (default: %(default)s)"
+    )
+    train.add_argument(
+        "--curves",
+        type=Path,
+        default=None,
+        help="folder for curve.csv and curve.png (default: OUT/curves)",
+    )
+    train.add_argument(
+        "--steps-scale",
+        type=float,
+        default=1.0,
+        help="multiply every stage's step count, e.g. 0.1 for a smoke run (default: 1.0)",
+    )
+    train.set_defaults(func=run_train)
+    table = nano_sub.add_parser(
+        "table",
+        help="print docs/nano.md's table from a `magsrl eval nano` folder",
+        description="Per arm: accuracy with its interval, zoom rate, the share of first "
+        "zoom boxes that contain the framed label, that are its grid cell, their mean IoU "
+        "with the cell, and McNemar's p against no-zoom.",
+    )
+    table.add_argument("eval_dir", type=Path, metavar="EVAL_DIR", help="the eval's --out folder")
+    table.set_defaults(func=run_table)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from magsrl.models.nano_plot import plot_curve
+    from magsrl.models.nano_train import Recipe, Stage, train_nano
+
+    console = Console(stderr=True)
+    if args.out.exists() and not args.out.is_dir():
+        console.print(f"[red]{args.out} is a file; give a folder")
+        return 2
+    base = Recipe(seed=args.seed)
+    stages = [
+        Stage(
+            s.name,
+            max(1, round(s.steps * args.steps_scale)),
+            s.lr,
+            s.batch,
+            s.mix,
+            s.round1_weight,
+            s.digit_weight,
+        )
+        for s in base.stages
+    ]
+    recipe = Recipe(seed=args.seed, stages=stages)
+    curves = args.curves or args.out.with_name(args.out.name + "-curves")
+    with Progress(
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            key = "data" if phase == "data" else "train"
+            if key not in tasks:
+                tasks[key] = bar.add_task(phase, total=total)
+            bar.update(tasks[key], completed=done, description=phase)
+
+        info = train_nano(args.out, recipe, curves, progress, log=bar.console.print)
+    plot_curve(curves / "curve.csv", curves / "curve.png")
+    scores = info["held_out_teacher_forced"]
+    console.print(
+        f"[green]ok[/] nano model in {args.out}: held-out cell {scores['cell']:.2f}, "
+        f"crop {scores['crop']:.2f}, no-zoom {scores['direct']:.2f} "
+        f"({info['train_seconds'] / 60:.1f} min); curve in {curves}"
+    )
+    return 0
+
+
+def run_table(args: argparse.Namespace) -> int:
+    import json
+
+    from magsrl.eval.nano_set import box_figures
+
+    report_path = args.eval_dir / "report.json"
+    if not report_path.is_file():
+        print(f"{report_path} is missing: run `magsrl eval nano --out {args.eval_dir}` first")
+        return 2
+    report = json.loads(report_path.read_text())
+    boxes = box_figures(args.eval_dir)
+    p_vs_none = {}
+    for c in report["comparisons"]:
+        if c["b"] == "no-zoom":
+            p_vs_none[c["a"]] = c["mcnemar"]["p_value"]
+        elif c["a"] == "no-zoom":
+            p_vs_none[c["b"]] = c["mcnemar"]["p_value"]
+    level = round(100 * report["confidence"])
+    print(
+        f"| arm | accuracy % [{level}% CI] | zoom rate % | crop contains label % "
+        "| box = cell % | mean IoU with cell | McNemar p vs no-zoom |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for arm in report["arms"]:
+        name = arm["arm"]["name"]
+        acc = arm["accuracy"]["accuracy"]
+        b = boxes.get(name, {})
+        p = p_vs_none.get(name)
+        print(
+            f"| {name} | {100 * acc['value']:.0f} [{100 * acc['low']:.0f}, {100 * acc['high']:.0f}]"
+            f" | {100 * arm['zoom_rate']:.0f} | {100 * b.get('crop_contains_label', 0):.0f}"
+            f" | {100 * b.get('box_is_cell', 0):.0f} | {b.get('mean_iou_cell', 0):.2f}"
+            f" | {'' if p is None else f'{p:.2g}'} |"
+        )
+    print(f"\n{report['samples']} samples, seed {report['seed']}")
+    return 0
