@@ -5,6 +5,7 @@ under ``services/models/nano_weights`` were made by this command; see docs/nano.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,25 +68,14 @@ def run_train(args: argparse.Namespace) -> int:
     )
 
     from magsrl.models.nano_plot import plot_curve
-    from magsrl.models.nano_train import Recipe, Stage, train_nano
+    from magsrl.models.nano_train import Recipe, train_nano
 
     console = Console(stderr=True)
     if args.out.exists() and not args.out.is_dir():
         console.print(f"[red]{args.out} is a file; give a folder")
         return 2
     base = Recipe(seed=args.seed)
-    stages = [
-        Stage(
-            s.name,
-            max(1, round(s.steps * args.steps_scale)),
-            s.lr,
-            s.batch,
-            s.mix,
-            s.round1_weight,
-            s.digit_weight,
-        )
-        for s in base.stages
-    ]
+    stages = [replace(s, steps=max(1, round(s.steps * args.steps_scale))) for s in base.stages]
     recipe = Recipe(seed=args.seed, stages=stages)
     curves = args.curves or args.out.with_name(args.out.name + "-curves")
     with Progress(

@@ -36,7 +36,11 @@ DIGITS = tuple("0123456789")
 QUESTION = "What digit is on the framed label?"
 FRAME = (255, 0, 255)  # magenta: never in the gradient (blue stays low) nor in the clutter
 FRAME_PX = 10  # frame thickness, original pixels (2.5 px in the view)
-LABEL_SIDE = (78, 94)  # outer side of a label, original pixels
+LABEL_SIDE = (78, 94)  # outer side of a clutter label, original pixels
+TARGET_SIDE = 84  # the framed label's outer side, centred in its cell
+# The digit's centre in its cell: the middle of the patch at rows/columns 42-56 of the
+# cell's 112-px crop as the processor shows it (patch 14), so the glyph is in one patch.
+DIGIT_CENTRE = 49
 DIGIT_FONT_PX = 20  # the bundled font at this size draws digits about 14-15 px tall
 DISTRACTORS = (4, 8)  # other occupied cells, inclusive range
 LABEL_DISTRACTOR_SHARE = 0.6  # the rest are shapes
@@ -91,10 +95,18 @@ def _label(
 ) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
     """A white card with ``digit`` inside ``cell``, framed in magenta when ``framed``;
     returns the card's and the digit ink's boxes."""
-    side = int(rng.integers(LABEL_SIDE[0], LABEL_SIDE[1] + 1))
-    slack = CELL - side
-    x0 = cell[0] * CELL + int(rng.integers(2, slack - 1))
-    y0 = cell[1] * CELL + int(rng.integers(2, slack - 1))
+    if framed:
+        # The target sits at one place in its cell and its digit inside one vision patch
+        # of the cell's crop (docs/nano.md: with the digit jittered across patch borders
+        # the from-scratch vision tower stayed at chance reading it).
+        side = TARGET_SIDE
+        x0 = cell[0] * CELL + (CELL - side) // 2
+        y0 = cell[1] * CELL + (CELL - side) // 2
+    else:
+        side = int(rng.integers(LABEL_SIDE[0], LABEL_SIDE[1] + 1))
+        slack = CELL - side
+        x0 = cell[0] * CELL + int(rng.integers(2, slack - 1))
+        y0 = cell[1] * CELL + int(rng.integers(2, slack - 1))
     card = (x0, y0, x0 + side, y0 + side)
     if framed:
         draw.rectangle(card, fill=FRAME)
@@ -106,8 +118,11 @@ def _label(
     font = sd.font(DIGIT_FONT_PX)
     left, top, right, bottom = font.getbbox(digit)
     w, h = right - left, bottom - top
-    cx = (inner[0] + inner[2]) // 2 + int(rng.integers(-8, 9))
-    cy = (inner[1] + inner[3]) // 2 + int(rng.integers(-8, 9))
+    if framed:
+        cx, cy = cell[0] * CELL + DIGIT_CENTRE, cell[1] * CELL + DIGIT_CENTRE
+    else:
+        cx = (inner[0] + inner[2]) // 2 + int(rng.integers(-8, 9))
+        cy = (inner[1] + inner[3]) // 2 + int(rng.integers(-8, 9))
     tx, ty = cx - w // 2, cy - h // 2
     draw.text((tx - left, ty - top), digit, font=font, fill=(0, 0, 0))
     return card, (tx, ty, tx + w, ty + h)
