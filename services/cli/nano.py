@@ -118,16 +118,17 @@ def run_table(args: argparse.Namespace) -> int:
     boxes = box_figures(args.eval_dir)
     p_vs_none = {}
     for c in report["comparisons"]:
+        # p with the discordant pairs (right only with zoom / right only without).
         if c["b"] == "no-zoom":
-            p_vs_none[c["a"]] = c["mcnemar"]["p_value"]
+            p_vs_none[c["a"]] = (c["mcnemar"]["p_value"], c["a_only"], c["b_only"])
         elif c["a"] == "no-zoom":
-            p_vs_none[c["b"]] = c["mcnemar"]["p_value"]
+            p_vs_none[c["b"]] = (c["mcnemar"]["p_value"], c["b_only"], c["a_only"])
     level = round(100 * report["confidence"])
     print(
         f"| arm | accuracy % [{level}% CI] | zoom rate % | crop contains label % "
-        "| box = cell % | mean IoU with cell | McNemar p vs no-zoom |"
+        "| box = cell % | mean IoU with cell | mean IoU with label | McNemar p vs no-zoom |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for arm in report["arms"]:
         name = arm["arm"]["name"]
         acc = arm["accuracy"]["accuracy"]
@@ -137,7 +138,14 @@ def run_table(args: argparse.Namespace) -> int:
             f"| {name} | {100 * acc['value']:.0f} [{100 * acc['low']:.0f}, {100 * acc['high']:.0f}]"
             f" | {100 * arm['zoom_rate']:.0f} | {100 * b.get('crop_contains_label', 0):.0f}"
             f" | {100 * b.get('box_is_cell', 0):.0f} | {b.get('mean_iou_cell', 0):.2f}"
-            f" | {'' if p is None else f'{p:.2g}'} |"
+            f" | {b.get('mean_iou_label', 0):.2f}"
+            f" | {'' if p is None else _p(*p)} |"
         )
     print(f"\n{report['samples']} samples, seed {report['seed']}")
     return 0
+
+
+def _p(p: float, zoom_only: int, direct_only: int) -> str:
+    # The report rounds p; an exact test with k discordant pairs all one way is 2 * 0.5^k.
+    value = f"{p:.2g}" if p > 0 else f"< 1e-{min(15, int(0.30103 * (zoom_only + direct_only)))}"
+    return f"{value} ({zoom_only} vs {direct_only})"

@@ -65,14 +65,15 @@ def contains(box: list[float], target: list[float]) -> bool:
 def box_figures(eval_dir: Path) -> dict[str, dict[str, float]]:
     """Per arm: the share of samples whose first zoom box contains the framed label's digit
     (the crop shows what answers), contains the whole label, and the mean IoU of that box
-    with the label's cell (the box the scripted trajectories ask for)."""
+    with the label's cell (the box the scripted trajectories ask for) and with the label
+    itself (at most (84/112)^2 = 0.56 for a cell box)."""
     eval_dir = Path(eval_dir)
     samples = {}
     for line in (eval_dir / NANO / "data.jsonl").read_text().splitlines():
         if line.strip():
             s = json.loads(line)
             samples[s["id"]] = s
-    per_arm: dict[str, list[tuple[bool, bool, float]]] = {}
+    per_arm: dict[str, list[tuple[bool, bool, float, float]]] = {}
     for line in (eval_dir / "results.jsonl").read_text().splitlines():
         if not line.strip():
             continue
@@ -88,16 +89,17 @@ def box_figures(eval_dir: Path) -> dict[str, dict[str, float]]:
         if boxes:
             box = boxes[0]
             per_arm.setdefault(r["arm"], []).append(
-                (contains(box, label), iou(box, cell) > 0.99, iou(box, cell))
+                (contains(box, label), iou(box, cell) > 0.99, iou(box, cell), iou(box, label))
             )
         else:
-            per_arm.setdefault(r["arm"], []).append((False, False, 0.0))
+            per_arm.setdefault(r["arm"], []).append((False, False, 0.0, 0.0))
     return {
         arm: {
             "n": len(v),
-            "crop_contains_label": sum(a for a, _, _ in v) / len(v),
-            "box_is_cell": sum(b for _, b, _ in v) / len(v),
-            "mean_iou_cell": sum(c for _, _, c in v) / len(v),
+            "crop_contains_label": sum(x[0] for x in v) / len(v),
+            "box_is_cell": sum(x[1] for x in v) / len(v),
+            "mean_iou_cell": sum(x[2] for x in v) / len(v),
+            "mean_iou_label": sum(x[3] for x in v) / len(v),
         }
         for arm, v in per_arm.items()
     }
