@@ -46,6 +46,21 @@ def register(sub: Any) -> None:
         help="multiply every stage's step count, e.g. 0.1 for a smoke run (default: 1.0)",
     )
     train.set_defaults(func=run_train)
+    data = nano_sub.add_parser(
+        "data",
+        help="write nano scenes as a JSONL dataset (for examples/train-nano.yaml)",
+        description="Nano scenes from their own seed split (never the eval's or the "
+        "supervised training's), as data.jsonl with PNG images.",
+    )
+    data.add_argument("--n", type=int, default=64, help="scenes (default: %(default)s)")
+    data.add_argument("--seed", type=int, default=0, help="scene seed (default: %(default)s)")
+    data.add_argument(
+        "--out",
+        type=Path,
+        default=Path("examples/data/nano-rl"),
+        help="folder to write (default: %(default)s)",
+    )
+    data.set_defaults(func=run_data)
     table = nano_sub.add_parser(
         "table",
         help="print docs/nano.md's table from a `magsrl eval nano` folder",
@@ -149,3 +164,15 @@ def _p(p: float, zoom_only: int, direct_only: int) -> str:
     # The report rounds p; an exact test with k discordant pairs all one way is 2 * 0.5^k.
     value = f"{p:.2g}" if p > 0 else f"< 1e-{min(15, int(0.30103 * (zoom_only + direct_only)))}"
     return f"{value} ({zoom_only} vs {direct_only})"
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from magsrl.eval.nano_set import RL_SPLIT, write_nano_set
+
+    if args.n < 1:
+        print("--n must be at least 1")
+        return 2
+    path = write_nano_set(args.out, args.n, args.seed, RL_SPLIT)
+    size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
+    print(f"wrote {args.n} nano scenes to {path} ({size / 1e6:.1f} MB)")
+    return 0

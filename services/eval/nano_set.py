@@ -13,22 +13,28 @@ from magsrl.data.sample import Sample, write_jsonl
 
 NANO = "nano"
 EVAL_SPLIT = 500_000  # scene seeds of eval seed S: scene_seed(EVAL_SPLIT + S, i)
+RL_SPLIT = 600_000  # `magsrl nano data`: the GRPO demo's scenes
 DEFAULT_N = 100
 
 
 def nano_set(out: Path, n: int, seed: int) -> Path:
-    """``n`` held-out nano scenes of ``seed`` as ``out/nano/data.jsonl``; rebuilt only when
-    the count or seed differ (the same seed gives the same bytes)."""
-    folder = Path(out) / NANO
+    """``n`` held-out nano scenes of ``seed`` as ``out/nano/data.jsonl``."""
+    return write_nano_set(Path(out) / NANO, n, seed, EVAL_SPLIT)
+
+
+def write_nano_set(folder: Path, n: int, seed: int, split: int) -> Path:
+    """``n`` nano scenes of ``split + seed`` as ``folder/data.jsonl``; rebuilt only when
+    the count, seed or split differ (the same seed gives the same bytes)."""
+    folder = Path(folder)
     data, stamp = folder / "data.jsonl", folder / "nano_set.json"
-    wanted = json.dumps({"n": n, "seed": seed, "split": EVAL_SPLIT}) + "\n"
+    wanted = json.dumps({"n": n, "seed": seed, "split": split}) + "\n"
     if data.exists() and stamp.exists() and stamp.read_text() == wanted:
         return data
     (folder / "images").mkdir(parents=True, exist_ok=True)
 
     def rows() -> Any:
         for i in range(n):
-            scene = ns.make_nano_scene(ns.scene_seed(EVAL_SPLIT + seed, i))
+            scene = ns.make_nano_scene(ns.scene_seed(split + seed, i))
             rel = f"images/nano-{seed}-{i:05d}.png"
             scene.image.save(folder / rel, "PNG")
             yield Sample(
