@@ -22,10 +22,10 @@ def register(sub: Any) -> None:
     nano_sub = parser.add_subparsers(dest="nano_command", required=True, metavar="ACTION")
     train = nano_sub.add_parser(
         "train",
-        help="train the nano model from a seed (about 30 minutes on one core)",
+        help="train the nano model from a seed (10-20 minutes on one shared core)",
         description="Supervised stages on scripted two-round episodes rendered by the real "
-        "zoom loop: read the crop, then locate and read, then anneal. Writes the model "
-        "folder and the curve (CSV and PNG).",
+        "zoom loop: the vision tower on crops, read the crop, then locate and read, then "
+        "anneal. Writes the model folder and the curve (CSV and PNG).",
     )
     train.add_argument(
         "--seed", type=int, default=0, help="seed of scenes and weights (default: 0)"

@@ -6,7 +6,7 @@ and ``--model nano`` loads them (``resolve_model``); ``magsrl nano train`` rebui
 Three choices make it learnable and cheap (docs/nano.md gives the measurements):
 - the tokenizer is tiny's byte-level BPE plus *phrase tokens*: the protocol's fixed texts
   (the system prompt at the nano view size, the question, the zoom feedback) are each one
-  added token, so a whole two-round episode is about 90 tokens, 32 of them visual;
+  added token, so a whole two-round episode is about 120 tokens, 32 of them visual;
   other text still tokenizes through the BPE;
 - every box coordinate the nano scenes need (multiples of 28 up to the 112-px view) is
   one token, so a box is four classifications;

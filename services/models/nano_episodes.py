@@ -16,7 +16,6 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -232,22 +231,9 @@ def collate(processor: Any, rows: list[dict[str, Any]], pad_id: int) -> dict[str
     return batch
 
 
-def answer_positions(labels: torch.Tensor, token_ids: set[int]) -> list[list[int]]:
-    """Per row, the label positions whose target is one of ``token_ids`` (the digits or
-    the coordinates), in order."""
-    out = []
-    for row in labels:
-        out.append([i for i, t in enumerate(row.tolist()) if t in token_ids])
-    return out
-
-
 def digit_ids(tokenizer: Any) -> dict[int, str]:
     ids = {}
     for d in ns.DIGITS:
         (tid,) = tokenizer(d, add_special_tokens=False)["input_ids"]
         ids[int(tid)] = d
     return ids
-
-
-def rng_split(seed: int) -> np.random.Generator:
-    return np.random.default_rng(seed)

@@ -2,12 +2,15 @@
 episodes rendered by the real zoom loop (``nano_episodes``), in stages that each show
 learning before the next, with their curves written as CSV.
 
-Stages (each a number of optimiser steps over a mix of example types):
-1. ``read``: the two-round episode with the true box, loss on the answer only weighted up,
-   so the vision tower learns to read the crop first (crop accuracy rises);
-2. ``locate+read``: full episodes, loss on both turns (the box and the answer) plus no-zoom
-   episodes (the no-zoom arm answers from the view alone: its accuracy is the control);
-3. the same at a lower learning rate.
+Stages (each a number of optimiser steps over a mix of example kinds):
+0. ``vision``: the vision tower alone on crops of the target cell, through an auxiliary
+   linear digit head (the text path alone passed it too little gradient to learn);
+1. ``read``: the crop alone in a chat, target the round-2 turn (the language model learns
+   to read the now-discriminative visual tokens);
+2. ``locate+read``: full two-round episodes, loss on both turns (the box and the answer),
+   plus no-zoom episodes (the no-zoom arm answers from the view alone: its accuracy is the
+   control);
+3. ``anneal``: the same at a lower learning rate.
 
 Each example's tensors are computed once (the processor does not run per step). Held-out
 scenes (another split seed) are scored teacher-forced every ``eval_every`` steps: cell
