@@ -161,7 +161,8 @@ def run_table(args: argparse.Namespace) -> int:
 
 
 def _p(p: float, zoom_only: int, direct_only: int) -> str:
-    # The report rounds p; an exact test with k discordant pairs all one way is 2 * 0.5^k.
+    # The report rounds p to 0 when it underflows its digits; with k discordant pairs all
+    # one way p is about 2 * 0.5^k (exact) or smaller (chi-square), so print a safe bound.
     value = f"{p:.2g}" if p > 0 else f"< 1e-{min(15, int(0.30103 * (zoom_only + direct_only)))}"
     return f"{value} ({zoom_only} vs {direct_only})"
 
