@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from magsrl import __version__
-from magsrl.cli import answer, curriculum, data, runs, serve, tiny, train, up, weights
+from magsrl.cli import answer, curriculum, data, nano, runs, serve, tiny, train, up, weights
 from magsrl.cli import eval as eval_cmd
 
 
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"magsrl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (up, serve, answer, eval_cmd, train, runs, curriculum, data, weights, tiny):
+    for module in (up, serve, answer, eval_cmd, train, runs, curriculum, data, weights, tiny, nano):
         module.register(sub)
     _plain_text(parser)
     return parser

@@ -36,7 +36,9 @@ def register(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("dataset", help="a dataset file or folder the loaders read, or synthetic")
+    parser.add_argument(
+        "dataset", help="a dataset file or folder the loaders read, synthetic, or nano"
+    )
     parser.add_argument(
         "--arms",
         default=DEFAULT_ARMS,
@@ -100,7 +102,7 @@ def register(sub: Any) -> None:
 
 
 def default_out(dataset: str) -> Path:
-    name = Path(dataset).stem if dataset != "synthetic" else "synthetic"
+    name = Path(dataset).stem if dataset not in ("synthetic", "nano") else dataset
     return Path(f"eval-{name}")
 
 

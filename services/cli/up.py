@@ -27,6 +27,7 @@ STACK: list[tuple[str, int]] = [
     ("trainer", 8003),
 ]
 TRAIN_WORKERS = 2
+DEFAULT_MODEL = "nano"  # the gates of docs/nano.md passed; tiny stays for tests
 REDIS_PORT = 6379
 MODEL_PROBE_TIMEOUT_S = 10.0
 READY_TIMEOUT_S = 300.0
@@ -45,8 +46,8 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="policy model: a Hugging Face id, a local path, or tiny "
-        "(default: MAGSRL_POLICY_MODEL or tiny)",
+        help="policy model: a Hugging Face id, a local path, tiny (random weights) or nano "
+        "(trained to zoom, docs/nano.md) (default: MAGSRL_POLICY_MODEL or nano)",
     )
     parser.add_argument(
         "--train",
@@ -80,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     from magsrl.common.redis_server import EmbeddedRedis
 
     console = Console()
-    problem = check_model(args.model)
+    model = served_model(args.model)
+    problem = check_model(model)
     if problem:
         console.print(f"[red]{problem}")
         return 2
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         f"MAGSRL_{name.upper()}_URL": f"http://127.0.0.1:{port}" for name, port in ports.items()
     }
     urls["MAGSRL_REDIS_URL"] = redis.url
-    model_env = {"MAGSRL_POLICY_MODEL": args.model} if args.model else {}
+    model_env = {"MAGSRL_POLICY_MODEL": model}
     runs_env = {"MAGSRL_RUNS_DIR": str((args.state_dir / "runs").resolve())}
 
     stopping = False
@@ -134,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             )
         supervisor.start()
         supervisor.wait_ready(args.ready_timeout)
-        print_table(console, Table, supervisor, redis.url, ports, args.workers)
+        print_table(console, Table, supervisor, redis.url, ports, args.workers, model)
         watching = True
         while not stopping:
             for event in supervisor.watch():
@@ -193,7 +195,13 @@ def wait_for_redis(supervisor: Supervisor, port: int) -> bool:
 
 
 def print_table(
-    console: Any, table_cls: Any, supervisor: Supervisor, redis_url: str, ports: dict, workers: int
+    console: Any,
+    table_cls: Any,
+    supervisor: Supervisor,
+    redis_url: str,
+    ports: dict,
+    workers: int,
+    model: str = DEFAULT_MODEL,
 ) -> None:
     table = table_cls(title="magsrl is up")
     table.add_column("service")
@@ -206,25 +214,36 @@ def print_table(
             url = service.url if service.http else "(takes jobs from redis)"
         table.add_row(service.name, url, str(service.log_path))
     console.print(table)
-    for label, command in next_commands(ports["policy"], ports["trainer"], workers):
+    for label, command in next_commands(ports["policy"], ports["trainer"], workers, model):
         # Each line fits 80 columns; soft_wrap: a narrower terminal does not get newlines
         # inserted into the command, so it still copies as one line.
         console.print(f"{label}: {command}", soft_wrap=True, markup=False, highlight=False)
     console.print("A service that exits is restarted. Ctrl-C stops everything.")
 
 
-def next_commands(policy_port: int, trainer_port: int, workers: int) -> list[tuple[str, str]]:
+def served_model(model: str | None) -> str:
+    """The policy model `up` serves: --model, else MAGSRL_POLICY_MODEL, else the nano model
+    (trained to zoom; docs/nano.md), so a first `magsrl up` shows zooms and right answers."""
+    return model or os.environ.get("MAGSRL_POLICY_MODEL") or DEFAULT_MODEL
+
+
+def next_commands(
+    policy_port: int, trainer_port: int, workers: int, model: str = DEFAULT_MODEL
+) -> list[tuple[str, str]]:
     """What to try next, each command short enough for an 80-column terminal (a wrapped
     command copied from the terminal broke at the wrap)."""
     policy = f"http://127.0.0.1:{policy_port}"
     trainer = f"http://127.0.0.1:{trainer_port}"
+    nano = model == "nano"
+    dataset = "nano" if nano else "synthetic"
     commands = [
         ("ask", f'magsrl answer photo.jpg "What does it say?" --url {policy}'),
         ("viewer", f"{policy}/"),
-        ("evaluate", f"magsrl eval synthetic --limit 20 --policy {policy}"),
+        ("evaluate", f"magsrl eval {dataset} --limit 20 --policy {policy}"),
     ]
     if workers > 0:
-        commands.append(("train", f"magsrl train examples/train-tiny.yaml --url {trainer}"))
+        example = "train-nano.yaml" if nano else "train-tiny.yaml"
+        commands.append(("train", f"magsrl train examples/{example} --url {trainer}"))
         commands.append(("runs", f"magsrl runs list --url {trainer}"))
     return commands
 
@@ -232,10 +251,8 @@ def next_commands(policy_port: int, trainer_port: int, workers: int) -> list[tup
 def check_model(model: str | None) -> str | None:
     """None when the policy model can be loaded, else what to do: checked before anything
     starts, so a typo does not cost a minute of service start-ups."""
-    import os
-
-    name = model or os.environ.get("MAGSRL_POLICY_MODEL") or "tiny"
-    if name == "tiny" or Path(name).expanduser().is_dir():
+    name = served_model(model)
+    if name in ("tiny", "nano") or Path(name).expanduser().is_dir():
         return None
     if Path(name).expanduser().exists() or name.startswith((".", "/", "~")):
         return f"--model {name}: no such model folder (give a folder with config.json)"

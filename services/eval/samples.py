@@ -66,7 +66,12 @@ def synthetic_set(out: Path, n: int, seed: int, size: tuple[int, int]) -> Path:
 
 def load_samples(config: EvalConfig, synthetic_n: int) -> tuple[list[Sample], str]:
     """The samples as asked, and the dataset kind that read them."""
-    if config.dataset == SYNTHETIC:
+    if config.dataset == "nano":  # fresh held-out nano scenes (magsrl.eval.nano_set)
+        from magsrl.eval.nano_set import DEFAULT_N, nano_set
+
+        path = nano_set(config.out, config.limit or DEFAULT_N, config.seed)
+        samples, kind = load_dataset(path, "jsonl"), "nano"
+    elif config.dataset == SYNTHETIC:
         n = config.limit or synthetic_n
         path = synthetic_set(config.out, n, config.seed, config.synthetic_size)
         samples, kind = load_dataset(path, "jsonl"), SYNTHETIC

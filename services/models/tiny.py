@@ -333,10 +333,15 @@ def ensure_tiny_model(family: str = DEFAULT_FAMILY, root: Path | None = None) ->
 
 
 def resolve_model(spec: str) -> Path | str:
-    """``tiny`` / ``tiny-<family>`` to the cached tiny model, an existing local path to
+    """``tiny`` / ``tiny-<family>`` to the cached tiny model, ``nano`` to the committed nano
+    model, an existing local path to
     itself, anything else (a Hugging Face id) unchanged."""
     if spec == TINY_PREFIX:
         return ensure_tiny_model(DEFAULT_FAMILY)
+    if spec == "nano":  # the committed, trained nano model (magsrl.models.nano)
+        from magsrl.models.nano import nano_model_dir
+
+        return nano_model_dir()
     for family in FAMILIES:
         if spec == tiny_name(family):
             return ensure_tiny_model(family)
