@@ -158,8 +158,13 @@ def run_async(
         loop.lose_before_queueing = lose_before_queueing
         loop.magnifier = magnifier  # type: ignore[assignment]
         loop.metrics.plot = lambda out: []  # type: ignore[method-assign]  # matplotlib: seconds
+        # One rollout at a time: the scripted replies alternate in the order the policy is
+        # asked, so concurrent episodes (whose image work now runs in threads) could give
+        # both members of a group the same answer and leave the step without variance.
         worker = RolloutWorker(
-            WorkerSettings(redis_url=redis_url, worker_poll_s=0.02, worker_name="w"),  # type: ignore[call-arg]
+            WorkerSettings(
+                redis_url=redis_url, worker_poll_s=0.02, worker_name="w", worker_concurrency=1
+            ),  # type: ignore[call-arg]
             policy_client=PolicyClient(POLICY_URL, client=policy.client()),
             magnifier=magnifier,  # type: ignore[arg-type]
         )
