@@ -37,6 +37,7 @@ RANKS: dict[str, int] = {
     "judge": 7,
     "trainer": 7,
     "eval": 7,
+    "nano": 7,
     "cli": 8,
 }
 WEB_FRAMEWORKS = ("fastapi", "starlette")

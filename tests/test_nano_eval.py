@@ -22,7 +22,7 @@ def test_nano_set_is_seeded_and_held_out(tmp_path: Path) -> None:
     scene = ns.make_nano_scene(ns.scene_seed(EVAL_SPLIT + 1, 0))
     assert first["answer"] == scene.answer
     assert first["bbox"] == [float(v) for v in scene.label_box]
-    from magsrl.models.nano_train import HELD_OUT_SPLIT, TRAIN_SPLIT
+    from magsrl.nano.train import HELD_OUT_SPLIT, TRAIN_SPLIT
 
     assert EVAL_SPLIT not in {TRAIN_SPLIT, TRAIN_SPLIT + 100, TRAIN_SPLIT + 200, HELD_OUT_SPLIT}
 

@@ -28,7 +28,7 @@ MIN_ZOOMED = 16
 def nano_policy(
     tmp_path_factory: pytest.TempPathFactory, magnifier: RunningService
 ) -> Iterator[RunningService]:
-    from magsrl.models.nano import nano_model_dir
+    from magsrl.models.nano_checkpoint import nano_model_dir
 
     nano_model_dir()  # a clear error when the weights are missing
     service = start_policy(tmp_path_factory.mktemp("nano-policy"), magnifier.url, "nano")
@@ -70,7 +70,7 @@ def test_nano_zooms_and_answers_held_out_scenes(nano_policy: RunningService) -> 
 def test_nano_weights_are_small_and_complete() -> None:
     """Pins a weights folder missing a file the offline loader needs, or grown past a few
     MB (it is committed)."""
-    from magsrl.models.nano import WEIGHTS_DIR
+    from magsrl.models.nano_checkpoint import WEIGHTS_DIR
 
     names = {p.name for p in Path(WEIGHTS_DIR).iterdir()}
     for needed in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json"):

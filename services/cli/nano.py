@@ -82,8 +82,8 @@ def run_train(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
-    from magsrl.models.nano_plot import plot_curve
-    from magsrl.models.nano_train import Recipe, train_nano
+    from magsrl.nano.plot import plot_curve
+    from magsrl.nano.train import Recipe, train_nano
 
     console = Console(stderr=True)
     if args.out.exists() and not args.out.is_dir():

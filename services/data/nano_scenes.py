@@ -1,7 +1,7 @@
 """The ``nano`` scene family: one framed label among clutter, carrying one digit drawn too
 small to read in the model's low-resolution view of the whole scene but large in a crop.
 
-Made for the nano model (``magsrl.models.nano``) to learn on two CPU cores:
+Made for the nano model (``magsrl.nano``) to learn on two CPU cores:
 
 - easy to find: the target label has a thick magenta frame that no clutter uses, visible
   at the 112x112 view the nano processor makes of the 448x448 original;

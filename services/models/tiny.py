@@ -338,8 +338,8 @@ def resolve_model(spec: str) -> Path | str:
     itself, anything else (a Hugging Face id) unchanged."""
     if spec == TINY_PREFIX:
         return ensure_tiny_model(DEFAULT_FAMILY)
-    if spec == "nano":  # the committed, trained nano model (magsrl.models.nano)
-        from magsrl.models.nano import nano_model_dir
+    if spec == "nano":  # the committed, trained nano model (docs/nano.md)
+        from magsrl.models.nano_checkpoint import nano_model_dir
 
         return nano_model_dir()
     for family in FAMILIES:

@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from magsrl.data import nano_scenes as ns
+# Re-exported: the recipe and its callers name the checkpoint's location through here.
+from magsrl.models.nano_checkpoint import (  # noqa: F401
+    NANO_NAME,
+    RECIPE_FILE,
+    WEIGHTS_DIR,
+    nano_model_dir,
+)
 from magsrl.proto.prompts import coordinate_hint, render_prompt
 from magsrl.zoom.families import QWEN2_5_VL, template_text
-
-NANO_NAME = "nano"
-WEIGHTS_DIR = Path(__file__).with_name("nano_weights")
-RECIPE_FILE = "magsrl_nano.json"
 
 TEXT_HIDDEN = 128
 TEXT_LAYERS = 3
@@ -156,12 +159,3 @@ def build_untrained(out_dir: Path, seed: int = 0) -> Path:
 
 def write_recipe(out_dir: Path, info: dict[str, Any]) -> None:
     (Path(out_dir) / RECIPE_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-
-
-def nano_model_dir() -> Path:
-    """The committed, trained nano model."""
-    if not (WEIGHTS_DIR / "config.json").is_file():
-        raise FileNotFoundError(
-            f"no trained nano model at {WEIGHTS_DIR}; build one with `magsrl nano train`"
-        )
-    return WEIGHTS_DIR

@@ -1,5 +1,5 @@
 """The nano model's training recipe: supervised training from scratch on scripted nano
-episodes rendered by the real zoom loop (``nano_episodes``), in stages that each show
+episodes rendered by the real zoom loop (``magsrl.nano.episodes``), in stages that each show
 learning before the next, with their curves written as CSV.
 
 Stages (each a number of optimiser steps over a mix of example kinds):
@@ -33,9 +33,9 @@ from typing import Any
 import torch
 
 from magsrl.data import nano_scenes as ns
-from magsrl.models import nano
-from magsrl.models import nano_episodes as ne
 from magsrl.models.loading import load_model, load_processor
+from magsrl.nano import episodes as ne
+from magsrl.nano import model as nano
 from magsrl.zoom.families import QWEN2_5_VL, template_text
 
 TRAIN_SPLIT = 1  # scene seeds of training: scene_seed(TRAIN_SPLIT + 1000 * seed, i)

@@ -99,7 +99,7 @@ class _Engine:
     base_model: str = "nano"
 
     def frame_size(self, width: int, height: int) -> tuple[int, int]:
-        from magsrl.models.nano import MIN_PIXELS, VIEW_PIXELS
+        from magsrl.nano.model import MIN_PIXELS, VIEW_PIXELS
 
         return resized_size(width, height, QWEN2_5_VL, MIN_PIXELS, VIEW_PIXELS)
 
