@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from magsrl.data import nano_scenes as ns
+
 # Re-exported: the recipe and its callers name the checkpoint's location through here.
 from magsrl.models.nano_checkpoint import (  # noqa: F401
     NANO_NAME,
