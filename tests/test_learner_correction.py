@@ -18,6 +18,9 @@ from tests.test_learner import eos_id as eos_id  # fixtures
 from tests.test_learner import episodes as episodes
 from tests.test_learner import zoom_model as zoom_model
 
+# Each test needs the fine-tuned zoom model (about 7 s to build): slow, like test_learner.
+pytestmark = pytest.mark.slow
+
 
 def _lora(learner: Learner) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in learner.model.named_parameters() if p.requires_grad}
