@@ -129,7 +129,12 @@ def run_inprocess(
         loop.magnifier = magnifier  # type: ignore[assignment]
         loop.metrics.plot = lambda out: []  # type: ignore[method-assign]  # matplotlib: seconds
         worker = RolloutWorker(
-            WorkerSettings(redis_url=redis_url, worker_poll_s=0.02, worker_name="w"),  # type: ignore[call-arg]
+            # One rollout at a time: the scripted replies alternate in the order the policy
+            # is asked, and concurrent episodes (image work runs in threads) could answer a
+            # group twice alike and leave its step without an update.
+            WorkerSettings(
+                redis_url=redis_url, worker_poll_s=0.02, worker_name="w", worker_concurrency=1
+            ),  # type: ignore[call-arg]
             policy_client=PolicyClient(POLICY_URL, client=policy.client()),
             magnifier=magnifier,  # type: ignore[arg-type]
         )
