@@ -25,10 +25,13 @@ Nothing here deletes: a run's images are cleaned with its folder policy, not by 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import re
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -113,7 +116,11 @@ class FolderStore:
     def put(self, data: bytes) -> StoredImage:
         ref = describe(data)
         path = self.path(ref.sha256)
-        if not (path.is_file() and path.stat().st_size == ref.size):
+        if path.is_file() and path.stat().st_size == ref.size:
+            # Already stored: mark it used now, so ``prune`` keeps what runs still write.
+            with contextlib.suppress(OSError):
+                os.utime(path)
+        else:
             atomic_write_bytes(path, data, mode=0o644)
         return ref
 
@@ -133,6 +140,39 @@ class FolderStore:
 
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
+
+    def prune(self, older_than_s: float, now: float | None = None) -> PruneStats:
+        """Deletes the images not written (or re-put) for ``older_than_s`` seconds. Every
+        writer puts what it uses again (the magnifier each upload, workers each group's
+        original and crops), so what a live run needs is never that old. Only files named
+        by their hash under a two-character shard are touched; a file that vanishes or
+        cannot be deleted (another pruner, a read-only mount) is skipped."""
+        cutoff = (time.time() if now is None else now) - older_than_s
+        stats = PruneStats()
+        for shard in self.root.glob("[0-9a-f][0-9a-f]"):
+            for path in shard.iterdir():
+                if not _HEX64.fullmatch(path.name) or not path.name.startswith(shard.name):
+                    continue
+                try:
+                    info = path.stat()
+                    if info.st_mtime >= cutoff:
+                        stats.kept += 1
+                        continue
+                    path.unlink()
+                except OSError:
+                    continue
+                stats.deleted += 1
+                stats.freed_bytes += info.st_size
+        return stats
+
+
+@dataclass
+class PruneStats:
+    """What one ``prune`` did."""
+
+    deleted: int = 0
+    freed_bytes: int = 0
+    kept: int = 0
 
 
 def store_dir(image_store_dir: Path | None, runs_dir: Path | None) -> Path | None:

@@ -25,6 +25,14 @@ class TrainerSettings(ServiceSettings):
         description="The shared image store rollout results refer to (workers write, the "
         "learner reads). Default: <runs_dir>/images.",
     )
+    image_store_ttl_s: float | None = Field(
+        7 * 86400.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="When a run ends, images in the store not written for this long are "
+        "deleted (writers re-put what they use, so a live run's images stay young); null "
+        "keeps everything (a store another tool cleans, e.g. by an S3 lifecycle rule).",
+    )
     data_roots: CommaList = Field(
         default_factory=list,
         description="Folders (comma-separated) a run's dataset, curriculum and images may be "
