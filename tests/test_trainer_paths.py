@@ -278,3 +278,35 @@ def test_local_models_inside_the_roots_hub_ids_and_tiny_are_accepted(
                 )
 
     asyncio.run(main())
+
+
+def test_a_hub_id_run_model_is_read_from_the_hub_cache(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pins a run failing at start with "is not a local folder" for `model:
+    Qwen/Qwen2.5-VL-7B-Instruct`, the form compose's runs take (the engine downloads the
+    model into the shared HF_HOME; the trainer mounts it read-only and offline). The id
+    resolves to the cache's snapshot of the `main` ref, which the real loader reads; an id
+    in no cache is None, which the run loop turns into a message that names the cache."""
+    from magsrl.models.loading import load_model
+    from magsrl.trainer.paths import local_model_dir
+
+    home = tmp_path / "hf"
+    repo = home / "hub" / "models--acme--tiny-vl"
+    snapshot = repo / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    for file in tiny_model_dir.iterdir():  # the Hub keeps blobs and links snapshots to them
+        blob = repo / "blobs" / file.name
+        blob.parent.mkdir(exist_ok=True)
+        blob.write_bytes(file.read_bytes())
+        (snapshot / file.name).symlink_to(blob)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+
+    found = local_model_dir("acme/tiny-vl")
+    assert found == snapshot
+    assert load_model(found) is not None  # the real loader reads the snapshot's links
+    assert local_model_dir("acme/not-downloaded") is None
+    assert local_model_dir(str(tiny_model_dir)) == tiny_model_dir  # a local folder as it is

@@ -130,3 +130,18 @@ def run_folder(output_dir: str | None, runs_dir: Path, run_id: str) -> Path:
             param="output_dir",
         )
     return folder
+
+
+def local_model_dir(spec: str) -> Path | None:
+    """The folder a run's learner loads ``spec`` from: ``tiny``/``nano`` and local folders as
+    ``resolve_model`` gives them, a Hugging Face id from the Hub cache (``HF_HOME``; compose
+    mounts the engine's download read-only and offline, so the learner trains the very
+    weights vLLM serves). None when it is in neither place."""
+    from magsrl.models.hub import model_config_file
+    from magsrl.models.tiny import resolve_model
+
+    resolved = resolve_model(spec)
+    if Path(resolved).is_dir():
+        return Path(resolved)
+    config = model_config_file(str(resolved))
+    return config.parent if config is not None else None

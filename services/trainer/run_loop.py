@@ -293,17 +293,19 @@ class RunLoop:
 
     # ---- setup ----------------------------------------------------------------------------
     async def _setup(self) -> tuple[Schedule, int, int]:
-        from magsrl.models.tiny import resolve_model
+        from magsrl.models.hub import hub_cache_dir
         from magsrl.trainer.learner_group import make_learner
+        from magsrl.trainer.paths import local_model_dir
 
         samples = load_run_samples(self.config)
         samples, self.validation_samples = self._split_validation(samples)
         schedule = Schedule(self.config, samples)
-        model_dir = await asyncio.to_thread(resolve_model, self.config.model)
-        if not Path(model_dir).is_dir():
+        model_dir = await asyncio.to_thread(local_model_dir, self.config.model)
+        if model_dir is None:
             raise RunFailed(
-                f"model {self.config.model!r} is not a local folder; download it first "
-                "(huggingface-cli download) or use tiny"
+                f"model {self.config.model!r} is neither a local folder nor in the Hugging Face "
+                f"cache ({hub_cache_dir()}); download it there first (`hf download "
+                f"{self.config.model}`, or let the engine download it into the shared HF_HOME)"
             )
         # One source for the limits shared with the engine: the policy's (trainer/limits.py).
         try:
