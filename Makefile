@@ -84,6 +84,8 @@ bench: weights
 	$(PY) bench/rollout_data.py
 	$(PY) bench/eval.py
 	$(PY) bench/rollouts.py
+	$(PY) bench/policy_io.py
+	$(PY) bench/async_steps.py
 
 clean:
 	rm -rf $(VENV) .magsrl .pytest_cache .ruff_cache build *.egg-info
