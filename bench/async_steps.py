@@ -30,14 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.fakes: the stand-ins
 
-from magsrl.clients.policy import PolicyClient
 from magsrl.common.redis_server import EmbeddedRedis
 from magsrl.proto.rollout import RolloutResult
-from magsrl.trainer.config import TrainerSettings, WorkerSettings
+from magsrl.trainer.config import TrainerSettings
 from magsrl.trainer.run_config import RunConfig
-from magsrl.trainer.run_loop import Hooks
-from magsrl.trainer.worker import RolloutWorker
 from tests.fakes.episode import FakeMagnifier, FakePolicy
+from tests.fakes.run_loop import quiet_hooks, run_beside_worker
 from tests.test_run_loop_inprocess import (
     MODEL,
     POLICY_URL,
@@ -104,43 +102,15 @@ def run(redis_url: str, tmp: Path, async_steps: int, args: argparse.Namespace) -
             return out
 
     async def main() -> float:
-        http = policy.client()
-        hooks = Hooks(
-            on_step=lambda step, m: rows.append(dict(m)),
-            on_warning=lambda step, text: None,
-            on_version=lambda version, name: None,
-            on_checkpoint=lambda step, path: None,
-            cancelled=asyncio.Event(),
+        hooks = quiet_hooks(lambda step, m: rows.append(dict(m)))
+        loop = Loop(
+            config.name, config, tmp / "runs" / config.name, settings, hooks, policy.client()
         )
-        loop = Loop(config.name, config, tmp / "runs" / config.name, settings, hooks, http)
-        magnifier = FakeMagnifier()
-        loop.magnifier = magnifier  # type: ignore[assignment]
-        loop.metrics.plot = lambda out: []  # type: ignore[method-assign]
-        worker = RolloutWorker(
-            WorkerSettings(
-                redis_url=redis_url,
-                worker_poll_s=0.01,
-                worker_name="w",
-                worker_concurrency=args.concurrency,
-            ),  # type: ignore[call-arg]
-            policy_client=PolicyClient(POLICY_URL, client=policy.client()),
-            magnifier=magnifier,  # type: ignore[arg-type]
-        )
-        await worker.connect()
-        assert worker.policy is not None
-        await worker.policy.http.aclose()
-        worker.policy.http = policy.client()
-        taking = asyncio.create_task(worker._take_loop())
         started = time.perf_counter()
-        try:
-            await loop.run()
-        finally:
-            elapsed = time.perf_counter() - started
-            worker.stopping.set()
-            await taking
-            await worker.close()
-            await http.aclose()
-        return elapsed
+        await run_beside_worker(
+            loop, policy, FakeMagnifier(), redis_url, concurrency=args.concurrency, poll_s=0.01
+        )
+        return time.perf_counter() - started
 
     elapsed = asyncio.run(main())
     later = rows[1:]  # the first step has nothing queued ahead in either mode

@@ -13,15 +13,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from magsrl.clients.policy import PolicyClient
 from magsrl.common.images import encode_image
 from magsrl.proto.rollout import RolloutJob, RolloutResult
-from magsrl.trainer.config import TrainerSettings, WorkerSettings
+from magsrl.trainer.config import TrainerSettings
 from magsrl.trainer.run_config import RunConfig
-from magsrl.trainer.run_loop import Hooks, RunLoop
+from magsrl.trainer.run_loop import RunLoop
 from magsrl.trainer.schedule import Schedule, load_run_samples
-from magsrl.trainer.worker import RolloutWorker
 from tests.fakes.episode import EOS, FakeMagnifier, FakePolicy
+from tests.fakes.run_loop import quiet_hooks, run_beside_worker
 
 POLICY_URL = "http://policy.test"
 MODEL = "/models/finetune"
@@ -115,42 +114,11 @@ def run_inprocess(
     steps: list[int] = []
 
     async def main() -> tuple[InProcessRunLoop, dict[str, Any]]:
-        http = policy.client()
-        hooks = Hooks(
-            on_step=lambda step, metrics: steps.append(step),
-            on_warning=lambda step, text: None,
-            on_version=lambda version, name: None,
-            on_checkpoint=lambda step, path: None,
-            cancelled=asyncio.Event(),
-        )
+        hooks = quiet_hooks(lambda step, metrics: steps.append(step))
         loop = InProcessRunLoop(
-            "inproc", config, tmp_path / "runs" / "inproc", settings, hooks, http
+            "inproc", config, tmp_path / "runs" / "inproc", settings, hooks, policy.client()
         )
-        loop.magnifier = magnifier  # type: ignore[assignment]
-        loop.metrics.plot = lambda out: []  # type: ignore[method-assign]  # matplotlib: seconds
-        worker = RolloutWorker(
-            # One rollout at a time: the scripted replies alternate in the order the policy
-            # is asked, and concurrent episodes (image work runs in threads) could answer a
-            # group twice alike and leave its step without an update.
-            WorkerSettings(
-                redis_url=redis_url, worker_poll_s=0.02, worker_name="w", worker_concurrency=1
-            ),  # type: ignore[call-arg]
-            policy_client=PolicyClient(POLICY_URL, client=policy.client()),
-            magnifier=magnifier,  # type: ignore[arg-type]
-        )
-        await worker.connect()
-        assert worker.policy is not None
-        await worker.policy.http.aclose()
-        worker.policy.http = policy.client()
-        taking = asyncio.create_task(worker._take_loop())
-        try:
-            summary = await loop.run()
-        finally:
-            worker.stopping.set()
-            await taking
-            await worker.close()
-            await http.aclose()
-        return loop, summary
+        return loop, await run_beside_worker(loop, policy, magnifier, redis_url)
 
     loop, summary = asyncio.run(main())
     return loop, summary, steps

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -307,6 +308,9 @@ def test_a_hub_id_run_model_is_read_from_the_hub_cache(
 
     found = local_model_dir("acme/tiny-vl")
     assert found == snapshot
-    assert load_model(found) is not None  # the real loader reads the snapshot's links
+    # The real loader reads the snapshot's links: the very weights of the folder cached.
+    cached, original = load_model(found).state_dict(), load_model(tiny_model_dir).state_dict()
+    assert cached.keys() == original.keys()
+    assert all(torch.equal(cached[k], original[k]) for k in original)
     assert local_model_dir("acme/not-downloaded") is None
     assert local_model_dir(str(tiny_model_dir)) == tiny_model_dir  # a local folder as it is
