@@ -304,10 +304,9 @@ class RunManager:
         """Bounds the shared image store, which every run's rollouts add to (about 180 MB a
         step at 64 rollouts of 3.5 MP): old images go when a run ends, off the event loop.
         A failure only logs: the next run's end tries again."""
-        ttl = self.settings.image_store_ttl_s
-        store = open_image_store(self.settings.image_store_path())
-        prune = getattr(store, "prune", None)
-        if ttl is None or prune is None or not self.settings.image_store_path().is_dir():
+        ttl, folder = self.settings.image_store_ttl_s, self.settings.image_store_path()
+        prune = getattr(open_image_store(folder), "prune", None)
+        if ttl is None or prune is None or not folder.is_dir():
             return
         try:
             stats = await asyncio.to_thread(prune, ttl)
